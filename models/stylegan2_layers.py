@@ -1,0 +1,296 @@
+"""StyleGAN2 building blocks with rosinality's names and state-dict layout (spec stylegan2_backbone.md §2–§3).
+
+Every weight is stored unscaled and multiplied by its equalized-learning-rate gain at run time
+(spec §2.2). Parameter and buffer names match rosinality/stylegan2-pytorch ``model.py`` so its
+checkpoints load with ``strict=True``; the arithmetic uses the fast equivalent forms of spec §9.3.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.stylegan2_ops import blur, downsample2d, fused_leaky_relu, make_kernel, upsample2d
+
+
+class PixelNorm(nn.Module):
+    """``x * rsqrt(mean(x^2) + 1e-8)`` over the feature axis (spec §2.3)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(torch.mean(x * x, dim=1, keepdim=True) + 1e-8)
+
+
+class FusedLeakyReLU(nn.Module):
+    """Bias + leaky ReLU(0.2) * sqrt(2), optional clamp (``activate.bias`` in rosinality, spec §2.2)."""
+
+    def __init__(self, channel: int, bias: bool = True, clamp: float | None = None):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channel)) if bias else None
+        self.clamp = clamp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fused_leaky_relu(x, self.bias, clamp=self.clamp)
+
+
+class EqualLinear(nn.Module):
+    """Linear layer with runtime gain ``lr_mul / sqrt(in)`` and bias scaled by ``lr_mul`` (spec §2.2)."""
+
+    def __init__(self, in_dim: int, out_dim: int, bias: bool = True, bias_init: float = 0.0,
+                 lr_mul: float = 1.0, activation: str | None = None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
+        self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init))) if bias else None
+        self.activation = activation
+        self.scale = (1 / math.sqrt(in_dim)) * lr_mul
+        self.lr_mul = lr_mul
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias * self.lr_mul if self.bias is not None else None
+        if self.activation:
+            return fused_leaky_relu(F.linear(x, self.weight * self.scale), bias)
+        return F.linear(x, self.weight * self.scale, bias=bias)
+
+
+class EqualConv2d(nn.Module):
+    """Conv with runtime gain ``1 / sqrt(in * k * k)`` (spec §2.2)."""
+
+    def __init__(self, in_channel: int, out_channel: int, kernel_size: int, stride: int = 1,
+                 padding: int = 0, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_channel, in_channel, kernel_size, kernel_size))
+        self.scale = 1 / math.sqrt(in_channel * kernel_size ** 2)
+        self.stride = stride
+        self.padding = padding
+        self.bias = nn.Parameter(torch.zeros(out_channel)) if bias else None
+
+    def forward(self, x: torch.Tensor, stride: int | None = None) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.scale, bias=self.bias,
+                        stride=self.stride if stride is None else stride, padding=self.padding)
+
+
+class Blur(nn.Module):
+    """FIR filter buffer ``kernel`` (×``upsample_factor²``) applied with padding ``pad`` (spec §2.5)."""
+
+    def __init__(self, kernel: Sequence[float], pad: tuple[int, int], upsample_factor: int = 1):
+        super().__init__()
+        k = make_kernel(kernel)
+        if upsample_factor > 1:
+            k = k * upsample_factor ** 2
+        self.register_buffer("kernel", k)
+        self.pad = pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return blur(x, self.kernel, self.pad)
+
+
+class Upsample(nn.Module):
+    """2x FIR upsampling of the ToRGB skip path, ``upfirdn2d(up=2, pad=(2, 1))`` (spec §2.5, §9.3.2)."""
+
+    def __init__(self, kernel: Sequence[float], factor: int = 2):
+        super().__init__()
+        self.register_buffer("kernel", make_kernel(kernel) * factor ** 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return upsample2d(x, self.kernel)
+
+
+class ModulatedConv2d(nn.Module):
+    """Modulated (and demodulated) conv, optionally 2x upsampling (spec §2.4, §9.3.4–5).
+
+    Two exact formulations: *fused* (per-sample weights, grouped conv with groups=batch, as
+    rosinality) and *non-fused* (scale activations by the style, shared-weight conv, scale outputs
+    by the demodulation coefficients computed with one matmul, as NVIDIA in training).
+    """
+
+    def __init__(self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int,
+                 demodulate: bool = True, upsample: bool = False,
+                 blur_kernel: Sequence[float] = (1, 3, 3, 1)):
+        super().__init__()
+        self.eps = 1e-8
+        self.kernel_size = kernel_size
+        self.in_channel = in_channel
+        self.out_channel = out_channel
+        self.upsample = upsample
+        if upsample:
+            factor = 2
+            p = (len(blur_kernel) - factor) - (kernel_size - 1)
+            self.blur = Blur(blur_kernel, pad=((p + 1) // 2 + factor - 1, p // 2 + 1),
+                             upsample_factor=factor)
+        self.scale = 1 / math.sqrt(in_channel * kernel_size ** 2)
+        self.padding = kernel_size // 2
+        self.weight = nn.Parameter(torch.randn(1, out_channel, in_channel, kernel_size, kernel_size))
+        self.modulation = EqualLinear(style_dim, in_channel, bias_init=1)
+        self.demodulate = demodulate
+
+    def demodulation(self, s: torch.Tensor) -> torch.Tensor:
+        """``d[b,o] = rsqrt(sum_i s[b,i]^2 * scale^2 * sum_k w[o,i,k]^2 + eps)`` in fp32 (spec §9.3.4)."""
+        with torch.autocast(s.device.type, enabled=False):
+            wsq = (self.weight[0].float() * self.scale).pow(2).sum([2, 3])  # [O, I]
+            return torch.rsqrt(s.float().pow(2) @ wsq.t() + self.eps)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor, fused: bool = True) -> torch.Tensor:
+        s = self.modulation(style)  # [B, I]
+        if fused:
+            return self._fused(x, s)
+        return self._nonfused(x, s)
+
+    def _fused(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        b, i, h, w = x.shape
+        k, o = self.kernel_size, self.out_channel
+        weight = self.scale * self.weight * s.view(b, 1, i, 1, 1)
+        if self.demodulate:
+            weight = weight * self.demodulation(s).to(weight.dtype).view(b, o, 1, 1, 1)
+        x = x.reshape(1, b * i, h, w)
+        if self.upsample:
+            weight = weight.transpose(1, 2).reshape(b * i, o, k, k)
+            out = F.conv_transpose2d(x, weight.to(x.dtype), padding=0, stride=2, groups=b)
+            out = self.blur(out.view(b, o, *out.shape[2:]))
+        else:
+            out = F.conv2d(x, weight.reshape(b * o, i, k, k).to(x.dtype), padding=self.padding, groups=b)
+            out = out.view(b, o, *out.shape[2:])
+        return out
+
+    def _nonfused(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        x = x * s.to(x.dtype)[:, :, None, None]
+        weight = (self.weight[0] * self.scale).to(x.dtype)
+        if self.upsample:
+            out = F.conv_transpose2d(x, weight.transpose(0, 1), padding=0, stride=2)
+        else:
+            out = F.conv2d(x, weight, padding=self.padding)
+        if self.demodulate:
+            out = out * self.demodulation(s).to(out.dtype)[:, :, None, None]
+        if self.upsample:
+            out = self.blur(out)
+        return out
+
+
+class NoiseInjection(nn.Module):
+    """``x + weight * noise`` with a learned scalar strength initialised to 0 (spec §2.4)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, image: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        if noise is None:
+            b, _, h, w = image.shape
+            noise = image.new_empty(b, 1, h, w).normal_()
+        return image + self.weight.to(image.dtype) * noise.to(image.dtype)
+
+
+class ConstantInput(nn.Module):
+    """Learned 4x4 input ``input`` [1, C, 4, 4], repeated over the batch."""
+
+    def __init__(self, channel: int, size: int = 4):
+        super().__init__()
+        self.input = nn.Parameter(torch.randn(1, channel, size, size))
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.input.repeat(latent.shape[0], 1, 1, 1)
+
+
+class StyledConv(nn.Module):
+    """Modulated 3x3 conv + noise + bias/lrelu (``convs[i]`` / ``conv1``; spec §2.4)."""
+
+    def __init__(self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int,
+                 upsample: bool = False, blur_kernel: Sequence[float] = (1, 3, 3, 1),
+                 demodulate: bool = True, conv_clamp: float | None = None):
+        super().__init__()
+        self.conv = ModulatedConv2d(in_channel, out_channel, kernel_size, style_dim,
+                                    upsample=upsample, blur_kernel=blur_kernel, demodulate=demodulate)
+        self.noise = NoiseInjection()
+        self.activate = FusedLeakyReLU(out_channel, clamp=conv_clamp)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None = None,
+                noise_mode: str = "random", fused: bool = True) -> torch.Tensor:
+        out = self.conv(x, style, fused=fused)
+        if noise_mode != "none":
+            out = self.noise(out, noise=noise)
+        return self.activate(out)
+
+
+class ToRGB(nn.Module):
+    """1x1 modulated conv to RGB (no demodulation) + bias, plus the upsampled skip (spec §2.4).
+
+    Computed as an einsum (spec §9.3.7 avoids the 1x1 grouped-conv path).
+    """
+
+    def __init__(self, in_channel: int, style_dim: int, upsample: bool = True,
+                 blur_kernel: Sequence[float] = (1, 3, 3, 1), conv_clamp: float | None = None):
+        super().__init__()
+        if upsample:
+            self.upsample = Upsample(blur_kernel)
+        self.conv = ModulatedConv2d(in_channel, 3, 1, style_dim, demodulate=False)
+        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+        self.conv_clamp = conv_clamp
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor,
+                skip: torch.Tensor | None = None) -> torch.Tensor:
+        conv = self.conv
+        s = conv.modulation(style)
+        weight = (conv.weight[0, :, :, 0, 0] * conv.scale).to(x.dtype)
+        out = torch.einsum("oi,bihw->bohw", weight, x * s.to(x.dtype)[:, :, None, None])
+        out = out + self.bias.to(out.dtype)
+        if self.conv_clamp is not None:
+            out = out.clamp(-self.conv_clamp, self.conv_clamp)
+        if skip is not None:
+            out = out + self.upsample(skip).to(out.dtype)
+        return out
+
+
+class ConvLayer(nn.Sequential):
+    """Discriminator conv: [Blur] + EqualConv2d + [FusedLeakyReLU] (rosinality ``ConvLayer``; spec §2.6).
+
+    With ``downsample`` the filter runs at full resolution before the stride-2 conv; for 1x1 convs
+    the blur is fused with the subsampling and the conv runs at half resolution (spec §9.3.3).
+    """
+
+    def __init__(self, in_channel: int, out_channel: int, kernel_size: int, downsample: bool = False,
+                 blur_kernel: Sequence[float] = (1, 3, 3, 1), bias: bool = True,
+                 activate: bool = True, conv_clamp: float | None = None):
+        layers: list[nn.Module] = []
+        if downsample:
+            factor = 2
+            p = (len(blur_kernel) - factor) + (kernel_size - 1)
+            layers.append(Blur(blur_kernel, pad=((p + 1) // 2, p // 2)))
+            stride, padding = 2, 0
+        else:
+            stride, padding = 1, kernel_size // 2
+        layers.append(EqualConv2d(in_channel, out_channel, kernel_size, padding=padding,
+                                  stride=stride, bias=bias and not activate))
+        if activate:
+            layers.append(FusedLeakyReLU(out_channel, bias=bias, clamp=conv_clamp))
+        super().__init__(*layers)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        modules = list(self)
+        if self.downsample:
+            blur_mod, conv = modules[0], modules[1]
+            if conv.weight.shape[-1] == 1:
+                x = conv(downsample2d(x, blur_mod.kernel, blur_mod.pad), stride=1)
+            else:
+                x = conv(blur_mod(x))
+            modules = modules[2:]
+        for m in modules:
+            x = m(x)
+        return x
+
+
+class ResBlock(nn.Module):
+    """Residual D block: ``(conv2(conv1(x)) + skip(x)) / sqrt(2)`` (spec §2.6)."""
+
+    def __init__(self, in_channel: int, out_channel: int, blur_kernel: Sequence[float] = (1, 3, 3, 1),
+                 conv_clamp: float | None = None):
+        super().__init__()
+        self.conv1 = ConvLayer(in_channel, in_channel, 3, conv_clamp=conv_clamp)
+        self.conv2 = ConvLayer(in_channel, out_channel, 3, downsample=True, blur_kernel=blur_kernel,
+                               conv_clamp=conv_clamp)
+        self.skip = ConvLayer(in_channel, out_channel, 1, downsample=True, activate=False, bias=False,
+                              blur_kernel=blur_kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.conv2(self.conv1(x)) + self.skip(x)) / math.sqrt(2)
