@@ -61,6 +61,8 @@ class Generator(nn.Module):
         self.size = size
         self.style_dim = style_dim
         self.n_mlp = n_mlp
+        self.lr_mlp = lr_mlp
+        self.blur_kernel = tuple(blur_kernel)
         self.channel_multiplier = channel_multiplier
         self.conv_clamp = conv_clamp
         self.fused_modconv: bool | str = "auto"
