@@ -1,0 +1,6 @@
+"""The launcher behind ``train.py`` (DESIGN.md contract 6, spec frameworks.md §4.4).
+
+``config`` merges ``configs/base.yaml``, the experiment file and CLI overrides; ``schema`` validates every
+key against the constructors it feeds; ``run`` builds the objects, the run directory, the loggers and the
+Trainer; ``checkpointing``, ``run_state`` and ``interrupt`` are the callbacks that make runs resumable.
+"""

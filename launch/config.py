@@ -1,0 +1,132 @@
+"""Config composition: ``configs/base.yaml`` < experiment file (and what it ``extends``) < CLI overrides.
+
+Spec frameworks.md §4.4 item 14 (shallow composition, dotted CLI overrides, resolved config saved with the
+run). An experiment file may name one parent with a top-level ``extends: path`` (relative to ``configs/``,
+or to the file itself); parents may extend further, cycles are an error. A callback set to ``null`` in a
+child removes the callback inherited from its parent. Key validation lives in :mod:`launch.schema`.
+"""
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from launch.errors import ConfigError
+
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+EXTENDS_KEY = "extends"
+
+
+def read_yaml(path: Path) -> DictConfig:
+    """One YAML file as a DictConfig; a missing file, bad YAML or a non-mapping is a :class:`ConfigError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}") from err
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    try:
+        return OmegaConf.create(data)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{path}: {err}") from err
+
+
+def _find_parent(ref: Any, child: Path, configs_dir: Path) -> Path:
+    if not isinstance(ref, str) or not ref:
+        raise ConfigError(f"{child}: '{EXTENDS_KEY}' must be a path string, got {ref!r}")
+    candidates = [Path(ref)] if Path(ref).is_absolute() else [configs_dir / ref, child.parent / ref]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    tried = ", ".join(str(c) for c in candidates)
+    raise ConfigError(f"{child}: '{EXTENDS_KEY}: {ref}' not found (looked for {tried})")
+
+
+def experiment_chain(path: Path, configs_dir: Path = CONFIGS_DIR) -> list[DictConfig]:
+    """The experiment file and its ``extends`` ancestors, root ancestor first, ``extends`` keys removed."""
+    chain: list[DictConfig] = []
+    seen: list[Path] = []
+    current: Path | None = Path(path).resolve()
+    while current is not None:
+        if current in seen:
+            cycle = " -> ".join(str(p) for p in [*seen, current])
+            raise ConfigError(f"'{EXTENDS_KEY}' cycle: {cycle}")
+        seen.append(current)
+        cfg = read_yaml(current)
+        ref = cfg.pop(EXTENDS_KEY, None)
+        chain.append(cfg)
+        current = _find_parent(ref, current, configs_dir) if ref is not None else None
+    return chain[::-1]
+
+
+def parse_overrides(overrides: Sequence[str]) -> DictConfig:
+    """Dotted ``key=value`` overrides (values parsed as YAML: ``trainer.devices=2``, ``model.channels={4: 32}``)."""
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. trainer.max_steps=100)")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"bad override: {err}") from err
+
+
+def drop_disabled_callbacks(cfg: DictConfig) -> None:
+    """Remove callbacks set to ``null`` (how a child config disables one it inherited)."""
+    callbacks = cfg.get("callbacks")
+    if isinstance(callbacks, DictConfig):
+        for name in [k for k in callbacks if callbacks[k] is None]:
+            del callbacks[name]
+
+
+def compose(config_path: str | Path, overrides: Sequence[str] = (), configs_dir: Path = CONFIGS_DIR) -> DictConfig:
+    """Merge base, experiment chain and overrides; fill ``experiment`` from the file name; check ``???``.
+
+    The result is not yet validated against constructors (see :func:`launch.schema.validate`).
+    """
+    config_path = Path(config_path)
+    base = read_yaml(configs_dir / "base.yaml")
+    layers = experiment_chain(config_path, configs_dir)
+    cli = parse_overrides(overrides)
+    if EXTENDS_KEY in cli:
+        raise ConfigError(f"'{EXTENDS_KEY}' cannot be given on the command line; put it in the config file")
+    try:
+        cfg = OmegaConf.merge(base, *layers, cli)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"cannot merge configs: {err}") from err
+    assert isinstance(cfg, DictConfig)
+    drop_disabled_callbacks(cfg)
+    if cfg.get("experiment") is None:
+        cfg.experiment = config_path.stem
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        keys = ", ".join(repr(k) for k in missing)
+        raise ConfigError(f"missing required value(s) {keys}: set them in the config file or on the command"
+                          f" line, e.g. {missing[0]}=...")
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"cannot resolve interpolation: {err}") from err
+    return cfg
+
+
+def to_container(cfg: DictConfig) -> dict:
+    """The config as plain Python containers (what constructors, W&B and checkpoints receive)."""
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def to_yaml(cfg: DictConfig | dict) -> str:
+    return OmegaConf.to_yaml(cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg))
+
+
+def timestamp() -> str:
+    """The run-dir timestamp ``YYYYmmdd-HHMMSS`` (local time)."""
+    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -1,0 +1,71 @@
+"""SIGTERM / SIGINT during training: checkpoint at the end of the current batch, then stop cleanly.
+
+Spec frameworks.md §2.5. The handler only records the signal; at the end of the batch every rank agrees
+(any rank that got a signal stops all), ``checkpoints/last.ckpt`` and ``checkpoints/interrupted.ckpt`` are
+written and the Trainer is asked to stop. The previous handlers come back after the first signal, so a
+second Ctrl-C interrupts at once (Lightning's KeyboardInterrupt path), and after training.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
+
+from launch.checkpointing import INTERRUPTED, LAST, CheckpointWriter
+
+log = logging.getLogger(__name__)
+
+
+class GracefulInterrupt(Callback):
+    """Turns SIGTERM/SIGINT into "save, then stop"; ``signum`` tells the launcher what happened."""
+
+    def __init__(self, writer: CheckpointWriter, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+        self.writer = writer
+        self.signals = signals
+        self.signum: int | None = None  # set on every rank once the run stopped because of a signal
+        self._received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._received = signum
+        self._restore_handlers()
+
+    def _install_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in self.signals:
+            self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._on_signal)
+
+    def _restore_handlers(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._received = None
+        self._install_handlers()
+
+    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", *args: Any) -> None:
+        stop = self._received is not None
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if not stop or self.signum is not None:
+            return
+        self.signum = self._received or signal.SIGTERM
+        log.warning("received %s: saving a checkpoint and stopping", signal.Signals(self.signum).name)
+        self.writer.save(trainer, [LAST, INTERRUPTED])
+        trainer.should_stop = True
+
+    def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._restore_handlers()
+
+    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+        self._restore_handlers()
+
+    def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        self._restore_handlers()

@@ -1,0 +1,117 @@
+"""The run's loggers: ``metrics.jsonl`` (always) and W&B (offline by default). Spec frameworks.md §4.4 item 15.
+
+Both put ``kimg`` (the module's images-seen counter, DESIGN.md "GAN training inside Lightning") next to
+Lightning's step: the JSONL logger writes it into every line, the W&B logger logs it with every metric
+dict and makes it the x-axis (``define_metric("*", step_metric="kimg")``). The module is bound after the
+Trainer has launched (``bind_module``), so the loggers stay picklable for spawn-based DDP.
+"""
+from __future__ import annotations
+
+import sys
+import time
+import weakref
+from pathlib import Path
+from typing import Any, Mapping
+
+from pytorch_lightning.loggers import Logger, WandbLogger
+from pytorch_lightning.utilities import rank_zero_only
+
+from launch.jsonl import append_jsonl
+
+
+class _KimgSource:
+    """Reads ``module.kimg`` through a weak reference (``None`` when unbound or the module has none)."""
+
+    _module_ref: Any = None
+
+    def bind_module(self, module: Any) -> None:
+        self._module_ref = weakref.ref(module)
+
+    def current_kimg(self) -> float | None:
+        module = self._module_ref() if self._module_ref is not None else None
+        kimg = getattr(module, "kimg", None)
+        return None if kimg is None else float(kimg)
+
+    def __getstate__(self) -> dict:
+        state = dict(super().__getstate__() or {})  # keeps WandbLogger's own pickling logic
+        state.pop("_module_ref", None)
+        return state
+
+
+class JsonlLogger(_KimgSource, Logger):
+    """Writes each logged scalar dict as ``{"kind": "scalars", "step", "kimg", "time", "metrics"}``."""
+
+    def __init__(self, run_dir: str | Path, name: str = "styleshift") -> None:
+        super().__init__()
+        self._run_dir = Path(run_dir)
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> str:
+        return self._run_dir.name
+
+    @property
+    def save_dir(self) -> str:
+        return str(self._run_dir)
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        record = {"kind": "scalars", "step": step, "kimg": self.current_kimg(), "time": time.time(),
+                  "metrics": dict(metrics)}
+        append_jsonl(self._run_dir, record)
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """No-op: the resolved config is ``config.yaml`` in the run directory."""
+
+
+class KimgWandbLogger(_KimgSource, WandbLogger):
+    """``WandbLogger`` whose metrics carry ``kimg`` and are plotted against it."""
+
+    _kimg_axis = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # WandbLogger always passes anonymous=None, which wandb answers with a deprecation notice per run.
+        getattr(self, "_wandb_init", {}).pop("anonymous", None)
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        kimg = self.current_kimg()
+        if kimg is not None:
+            metrics = {**metrics}
+            metrics.setdefault("kimg", kimg)
+            if not self._kimg_axis:
+                self.experiment.define_metric("kimg")
+                self.experiment.define_metric("*", step_metric="kimg", step_sync=True)
+                self._kimg_axis = True
+        super().log_metrics(metrics, step)
+
+
+def build_wandb_logger(settings: Mapping[str, Any], run_dir: Path, run_name: str, run_id: str | None = None,
+                       job_type: str = "train") -> KimgWandbLogger:
+    """The W&B logger from the ``logger.wandb`` section (mode offline | online | disabled).
+
+    ``run_id`` continues an existing W&B run (resume); the run's files go to ``dir`` or the run directory.
+    """
+    mode = settings.get("mode", "offline")
+    save_dir = Path(settings.get("dir") or run_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    kwargs: dict[str, Any] = dict(
+        name=settings.get("name") or run_name, project=settings.get("project") or "styleshift",
+        entity=settings.get("entity"), tags=list(settings.get("tags") or []), save_dir=str(save_dir),
+        offline=mode == "offline", job_type=job_type, mode=mode)
+    if run_id is not None:
+        kwargs.update(id=run_id, resume="allow")
+    return KimgWandbLogger(**kwargs)
+
+
+def finish_wandb(exit_code: int = 0) -> None:
+    """Close the process's W&B run, if one was started (flushes it; lets a later run start fresh)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=exit_code)

@@ -1,0 +1,191 @@
+"""Strict validation of a composed config (DESIGN.md contract 6; spec frameworks.md §4.4 item 14).
+
+Every key must mean something: top-level sections are fixed; ``model`` keys are checked against the
+method's constructor, ``data`` against the datamodule's, ``trainer`` against ``pytorch_lightning.Trainer``,
+each ``callbacks.<name>`` against that callback's constructor, ``logger.wandb`` and ``checkpoint`` against
+fixed schemas. All problems are reported at once, each unknown key with its closest valid spellings.
+"""
+from __future__ import annotations
+
+import inspect
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from launch.errors import ConfigError
+from launch.registry import resolve, suggest
+
+SECTIONS = ("experiment", "seed", "method", "model", "data", "trainer", "callbacks", "logger", "checkpoint",
+            "output_dir", "mode", "ckpt_path")
+MODES = ("fit", "validate", "test")
+WANDB_KEYS = ("mode", "project", "entity", "name", "tags", "dir")
+WANDB_MODES = ("offline", "online", "disabled")
+CHECKPOINT_KEYS = ("every_kimg", "save_last")
+# Trainer arguments the launcher owns, and where the user sets them instead.
+MANAGED_TRAINER_KEYS = {"logger": "the 'logger' section", "callbacks": "the 'callbacks' section",
+                        "default_root_dir": "'output_dir'"}
+
+
+@dataclass
+class Registries:
+    """Name -> import string tables for methods, datamodules and callbacks."""
+
+    methods: Mapping[str, Any]
+    datamodules: Mapping[str, Any]
+    callbacks: Mapping[str, Any]
+
+    @classmethod
+    def default(cls) -> "Registries":
+        from callbacks import CALLBACKS
+        from datamodules import DATAMODULES
+        from lightning_modules import METHODS
+        return cls(METHODS, DATAMODULES, CALLBACKS)
+
+
+@dataclass
+class Plan:
+    """What a valid config builds: classes with their keyword arguments."""
+
+    method_cls: type
+    model_kwargs: dict
+    datamodule_cls: type
+    data_kwargs: dict
+    callbacks: list[tuple[str, type, dict]] = field(default_factory=list)
+    trainer_kwargs: dict = field(default_factory=dict)
+
+
+def unknown_key(key: str, valid: list[str], section: str) -> str:
+    """``unknown key 'model.lr_g': did you mean 'model.g_lr'? valid keys: model.a, model.g_lr``."""
+    prefix = f"{section}." if section else ""
+    hint = suggest(key, valid, prefix)
+    listed = ", ".join(prefix + v for v in valid) if valid else "(none)"
+    return f"unknown key '{prefix}{key}':{hint} valid keys: {listed}"
+
+
+def check_keys(section: str, given: Mapping, valid: list[str] | tuple[str, ...], errors: list[str]) -> None:
+    for key in given:
+        if key not in valid:
+            errors.append(unknown_key(str(key), list(valid), section))
+
+
+def check_signature(section: str, given: Mapping, target: Callable, errors: list[str],
+                    exclude: tuple[str, ...] = ()) -> None:
+    """Unknown and missing keyword arguments of ``target`` (a class: its ``__init__``), minus ``exclude``."""
+    try:
+        params = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature: nothing to check against
+        return
+    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in exclude]
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        check_keys(section, given, [p.name for p in named], errors)
+    owner = getattr(target, "__qualname__", repr(target))
+    for p in named:
+        if p.default is p.empty and p.name not in given:
+            errors.append(f"missing required key '{section}.{p.name}' ({owner} has no default for it)")
+
+
+def _is_mapping(value: Any) -> bool:
+    return isinstance(value, Mapping)
+
+
+def _check_scalars(cfg: Mapping, errors: list[str]) -> None:
+    experiment = cfg.get("experiment")
+    if not isinstance(experiment, str) or not experiment or "/" in experiment:
+        errors.append(f"'experiment' must be a non-empty name without '/', got {experiment!r}")
+    seed = cfg.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        errors.append(f"'seed' must be an integer, got {seed!r}")
+    mode = cfg.get("mode")
+    if mode not in MODES:
+        errors.append(f"'mode' must be one of {', '.join(MODES)}, got {mode!r}:{suggest(str(mode), MODES)}")
+    for key in ("output_dir", "ckpt_path"):
+        if cfg.get(key) is not None and not isinstance(cfg.get(key), str):
+            errors.append(f"'{key}' must be a path string or null, got {cfg.get(key)!r}")
+    for key in ("model", "data", "trainer", "callbacks", "logger", "checkpoint"):
+        if not _is_mapping(cfg.get(key)):
+            errors.append(f"section '{key}' must be a mapping, got {cfg.get(key)!r}")
+
+
+def _check_logger(logger: Mapping, errors: list[str]) -> None:
+    check_keys("logger", logger, ["wandb"], errors)
+    wandb = logger.get("wandb")
+    if not _is_mapping(wandb):
+        errors.append(f"'logger.wandb' must be a mapping, got {wandb!r}")
+        return
+    check_keys("logger.wandb", wandb, WANDB_KEYS, errors)
+    mode = wandb.get("mode")
+    if mode not in WANDB_MODES:
+        errors.append(f"'logger.wandb.mode' must be one of {', '.join(WANDB_MODES)}, got {mode!r}:"
+                      f"{suggest(str(mode), WANDB_MODES)}")
+    tags = wandb.get("tags")
+    if tags is not None and not (isinstance(tags, (list, tuple)) and all(isinstance(t, str) for t in tags)):
+        errors.append(f"'logger.wandb.tags' must be a list of strings, got {tags!r}")
+
+
+def _check_checkpoint(checkpoint: Mapping, errors: list[str]) -> None:
+    check_keys("checkpoint", checkpoint, CHECKPOINT_KEYS, errors)
+    every = checkpoint.get("every_kimg")
+    if every is not None and (not isinstance(every, numbers.Real) or isinstance(every, bool) or every <= 0):
+        errors.append(f"'checkpoint.every_kimg' must be a positive number or null, got {every!r}")
+    if not isinstance(checkpoint.get("save_last", True), bool):
+        errors.append(f"'checkpoint.save_last' must be true or false, got {checkpoint.get('save_last')!r}")
+
+
+def _resolve(kind: str, name: Any, registry: Mapping[str, Any], errors: list[str]) -> Any:
+    try:
+        return resolve(kind, name, registry)
+    except ConfigError as err:
+        errors.append(str(err))
+        return None
+
+
+def validate(cfg: Mapping, registries: Registries | None = None) -> Plan:
+    """Check a composed, plain-container config and return what it builds; raise one :class:`ConfigError`."""
+    import pytorch_lightning as pl
+
+    errors: list[str] = []
+    check_keys("", cfg, SECTIONS, errors)
+    _check_scalars(cfg, errors)
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+    registries = registries or Registries.default()
+
+    method_cls = _resolve("method", cfg["method"], registries.methods, errors)
+    model_kwargs = dict(cfg["model"])
+    if method_cls is not None:
+        check_signature("model", model_kwargs, method_cls, errors)
+
+    data_kwargs = dict(cfg["data"])
+    data_name = data_kwargs.pop("name", None)
+    datamodule_cls = None
+    if data_name is None:
+        errors.append("missing required key 'data.name' (which datamodule to use, e.g. data.name=toy; "
+                      f"available: {', '.join(sorted(registries.datamodules))})")
+    else:
+        datamodule_cls = _resolve("datamodule", data_name, registries.datamodules, errors)
+        if datamodule_cls is not None:
+            check_signature("data", data_kwargs, datamodule_cls, errors)
+
+    trainer_kwargs = dict(cfg["trainer"])
+    for key, where in MANAGED_TRAINER_KEYS.items():
+        if key in trainer_kwargs:
+            errors.append(f"'trainer.{key}' is set by the launcher; use {where} instead")
+            trainer_kwargs.pop(key)
+    check_signature("trainer", trainer_kwargs, pl.Trainer, errors, exclude=tuple(MANAGED_TRAINER_KEYS))
+
+    callbacks = []
+    for name, kwargs in cfg["callbacks"].items():
+        if not _is_mapping(kwargs):
+            errors.append(f"'callbacks.{name}' must be a mapping of arguments ({{}} for defaults) or null, "
+                          f"got {kwargs!r}")
+            continue
+        cls = _resolve("callback", name, registries.callbacks, errors)
+        if cls is not None:
+            check_signature(f"callbacks.{name}", kwargs, cls, errors)
+            callbacks.append((name, cls, dict(kwargs)))
+
+    _check_logger(cfg["logger"], errors)
+    _check_checkpoint(cfg["checkpoint"], errors)
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+    return Plan(method_cls, model_kwargs, datamodule_cls, data_kwargs, callbacks, trainer_kwargs)

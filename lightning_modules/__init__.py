@@ -1,0 +1,7 @@
+"""LightningModules, one per method; the registry maps config names to import strings (loaded lazily)."""
+
+METHODS = {
+    "stylegan2": "lightning_modules.stylegan2:StyleGAN2Module",
+    "mixdl": "lightning_modules.mixdl:MixDLModule",
+    "nada": "lightning_modules.nada:NADAModule",
+}
