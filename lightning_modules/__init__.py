@@ -4,4 +4,5 @@ METHODS = {
     "stylegan2": "lightning_modules.stylegan2:StyleGAN2Module",
     "mixdl": "lightning_modules.mixdl:MixDLModule",
     "nada": "lightning_modules.nada:NADAModule",
+    "nada_mapper": "lightning_modules.nada_mapper:NADAMapperModule",
 }

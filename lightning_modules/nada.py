@@ -1,0 +1,586 @@
+"""StyleGAN-NADA (Gal et al., SIGGRAPH 2022): CLIP-guided domain adaptation of a pretrained generator.
+
+Spec nada_expansion.md Part A (SG2 path), §C1 (Lightning mapping) and §D1 (paper-like settings). One training
+iteration (§A3), as :meth:`NADAModule.training_step` runs it:
+
+1. if ``auto_layer_iters > 0``: adaptive layer selection (§A5, :mod:`lightning_modules.nada_layers`) picks the
+   ``auto_layer_k`` layers of ``G_train`` that train this iteration;
+2. ``z`` (the batch of the ``latents`` datamodule) -> ``w = G_frozen.mapping(z)`` broadcast to W+ (psi = 1;
+   with probability ``mixing`` two codes and **one** crossover index shared by both generators, §A14.5);
+3. ``x_src = G_frozen(w)`` without gradients and ``x_tgt = G_train(w)``, each with its **own** random noise
+   maps (§A14.4);
+4. ``L = Σ_m w_m · CLIPLoss_m(x_src, x_tgt)`` - the directional CLIP loss with the 79 ImageNet templates
+   (:mod:`losses.clip`), or an image-guided direction (§A7, ``target_images``);
+5. Adam (lr ``0.002 · 4/5``, betas ``(0, 0.99^0.8)``, §A6) steps ``G_train``'s selected layers.
+
+Networks (§A2, §C1): both generators come from one checkpoint (anything ``models.checkpoints.load`` reads:
+a path or a registered asset name) or, for offline toy runs, from ``generator`` constructor arguments and a
+fixed seed. ``G_frozen`` is held outside the module tree (as the CLIP models are): it is in no optimizer, not
+in the checkpoint, never in train mode, and follows the module's device moves. The mapping network of
+``G_train`` and its ToRGBs after ``to_rgb1`` are never trained.
+
+Samplers (DESIGN.md contract 3): ``source`` (G_frozen) and ``adapted`` (G_train) render the *same* z with
+the same stored noise, for side-by-side grids and the alignment/direction metrics. At the end of ``fit`` the
+adapted generator is exported (rosinality format) to ``run_dir/generator.pt``.
+
+Memory levers (§A12), cheapest first: ``auto_layer_iters: 0`` (no selection pass, the largest saving),
+a smaller ``auto_layer_batch``, a single CLIP model in ``clip_models``, ``clip_dtype: float16`` (GPU only; the
+reference's CLIP precision), a lower-resolution checkpoint, fewer grid samples (samples callback ``n``).
+
+Deviations from the reference, each deliberate: selection gradients are taken with respect to W+ only
+(same update, less memory); style mixing shares one crossover index per pair; the image-guided source
+embedding uses seeded latents and stored noise; zero-weight CLIP models are not evaluated; directions of
+image-guided runs are buffers of the module, so a resumed run keeps its direction.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import open_clip
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_only
+from torch import Tensor, nn
+
+from lightning_modules.gan import MEAN_W_SAMPLES, MEAN_W_SEED, step_seed
+from lightning_modules.nada_layers import (candidate_layers, check_mapping, code_movement, layers_for_codes,
+                                           set_trainable, top_codes, w_plus_sgd)
+from losses.clip import CLIPLossEnsemble, DirectionalCLIPLoss
+from models.clip import OPENAI_ASSETS, PREPROCESSING, CLIPModel
+from models.sampler import Sampler, latent_sampler, seeded_normal
+from models.stylegan2 import Generator
+
+log = logging.getLogger(__name__)
+
+#: README command (§D1): ViT-B/32 and ViT-B/16, weight 1 each, OpenAI weights from the asset registry.
+DEFAULT_CLIP_MODELS = ({"name": "ViT-B-32", "weight": 1.0}, {"name": "ViT-B-16", "weight": 1.0})
+CLIP_ENTRY_KEYS = ("name", "pretrained", "weight", "config", "seed")
+DEFAULT_CLIP_WEIGHTS = {arch: asset for asset, arch in OPENAI_ASSETS.items()}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+SUPPORTED_PRECISIONS = ("32-true", "32", "bf16-mixed")
+REFERENCE_LR = 0.002 * 4 / 5  # rosinality's lazy-regularization ratio left in the reference (§A6)
+REFERENCE_BETAS = (0.0, 0.99 ** (4 / 5))
+
+
+class MissingAssetsError(FileNotFoundError):
+    """Pretrained files a run needs are not in the cache; the message lists each one and how to get it."""
+
+
+class _Held:
+    """Plain container: what it holds is not a submodule of its owner (not saved, not optimized)."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+
+# ----------------------------------------------------------------------------------------------------------
+# start-up: assets, generators, CLIP models
+
+
+def check_assets(names: Sequence[Any], what: str = "StyleGAN-NADA") -> None:
+    """Resolve every registered asset name in ``names`` now; raise one error listing all missing files."""
+    from models import assets
+
+    missing = []
+    for name in names:
+        if isinstance(name, str) and name in assets.ASSETS and not Path(name).exists():
+            try:
+                assets.resolve(name)
+            except assets.AssetMissingError as err:
+                missing.append(str(err))
+    if missing:
+        raise MissingAssetsError(f"{what} needs {len(missing)} pretrained file(s) that are not available "
+                                 f"(nothing is downloaded automatically):\n\n" + "\n\n".join(missing))
+
+
+def _generator_kwargs(generator: Mapping[str, Any]) -> dict[str, Any]:
+    kwargs = dict(generator)
+    if kwargs.get("channels") is not None:
+        kwargs["channels"] = {int(k): int(v) for k, v in dict(kwargs["channels"]).items()}
+    if "blur_kernel" in kwargs:
+        kwargs["blur_kernel"] = tuple(kwargs["blur_kernel"])
+    return kwargs
+
+
+def load_source_generator(checkpoint: str | None, generator: Mapping[str, Any] | None,
+                          generator_seed: int = 0) -> Generator:
+    """The source generator (eval mode): ``g_ema`` (else ``g``) of ``checkpoint``, or a random generator built
+    from the ``generator`` keyword arguments under ``torch.manual_seed(generator_seed)`` (offline toy runs)."""
+    if (checkpoint is None) == (generator is None):
+        raise ValueError("give exactly one of model.checkpoint (path or asset name of a pretrained generator) "
+                         "and model.generator (Generator arguments of a random toy generator)")
+    if checkpoint is not None:
+        from models import checkpoints
+
+        loaded = checkpoints.load(checkpoint, networks=("g_ema", "g"))
+        source = loaded.g_ema if loaded.g_ema is not None else loaded.g
+        if source is None:
+            raise ValueError(f"checkpoint {checkpoint!r} holds no generator")
+        return source.eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(generator_seed))
+        try:
+            return Generator(**_generator_kwargs(generator)).eval()
+        except TypeError as err:
+            raise ValueError(f"model.generator: {err}") from None
+
+
+def register_open_clip_config(name: str, config: Mapping[str, Any]) -> None:
+    """Make an inline open_clip model config (e.g. a tiny test model) known to open_clip as ``name``."""
+    existing = open_clip.get_model_config(name)
+    if existing is not None:
+        if json.loads(json.dumps(dict(config))) != existing:
+            raise ValueError(f"open_clip model {name!r} is already registered with a different config")
+        return
+    folder = Path(tempfile.mkdtemp(prefix="styleshift_clip_cfg_"))
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(dict(config)))
+    open_clip.add_model_config(path)
+
+
+def parse_clip_models(entries: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+    """Validated CLIP entries ``{name, pretrained, weight, config, seed}``.
+
+    ``pretrained`` defaults to the registered OpenAI weights of ``name`` (ViT-B-32 / ViT-B-16); ``null`` means
+    random weights drawn from ``torch.manual_seed(seed)`` (toy runs and benchmarks only); ``config`` is an
+    inline open_clip model config registered under ``name``.
+    """
+    entries = DEFAULT_CLIP_MODELS if entries is None else entries
+    if isinstance(entries, Mapping) or not entries:
+        raise ValueError("clip_models must be a non-empty list of {name, weight, pretrained} entries")
+    parsed = []
+    for i, entry in enumerate(entries):
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        entry = dict(entry)
+        unknown = sorted(set(entry) - set(CLIP_ENTRY_KEYS))
+        if unknown:
+            hints = {k: difflib.get_close_matches(k, CLIP_ENTRY_KEYS, n=1) for k in unknown}
+            listed = ", ".join(f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in hints.items())
+            raise ValueError(f"clip_models[{i}]: unknown key(s) {listed}; valid keys: {list(CLIP_ENTRY_KEYS)}")
+        if not isinstance(entry.get("name"), str):
+            raise ValueError(f"clip_models[{i}] needs a 'name' (open_clip architecture, e.g. ViT-B-32)")
+        name = entry["name"].replace("/", "-")
+        if "pretrained" in entry:
+            pretrained = entry["pretrained"]
+        elif name in DEFAULT_CLIP_WEIGHTS:
+            pretrained = DEFAULT_CLIP_WEIGHTS[name]
+        else:
+            raise ValueError(f"clip_models[{i}]: no default weights for {name!r}; set 'pretrained' to an asset name "
+                             f"or a file (or null for random weights)")
+        weight = float(entry.get("weight", 1.0))
+        if not weight >= 0 or weight == float("inf"):
+            raise ValueError(f"clip_models[{i}]: weight must be finite and >= 0, got {weight}")
+        parsed.append({"name": name, "pretrained": pretrained, "weight": weight, "config": entry.get("config"),
+                       "seed": int(entry.get("seed", 0))})
+    if not any(e["weight"] > 0 for e in parsed):
+        raise ValueError("clip_models: at least one model needs a weight > 0")
+    return parsed
+
+
+def build_clip(entry: Mapping[str, Any], preprocessing: str = "reference",
+               dtype: torch.dtype = torch.float32) -> CLIPModel:
+    """A frozen :class:`models.clip.CLIPModel` for a parsed entry (random weights are seeded, rank-independent)."""
+    if entry.get("config") is not None:
+        register_open_clip_config(entry["name"], entry["config"])
+    random_weights = entry["pretrained"] is None
+    quiet = _DropMessage("initialized randomly")
+    if random_weights:  # open_clip warns on the root logger; we say it once, with the seed
+        logging.getLogger().addFilter(quiet)
+        log.info("CLIP %s with random weights (seed %d): for offline toy runs and benchmarks only",
+                 entry["name"], int(entry.get("seed", 0)))
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(entry.get("seed", 0)))
+            return CLIPModel(entry["name"], pretrained=entry["pretrained"], preprocessing=preprocessing, dtype=dtype)
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the module
+
+
+class NADAModule(pl.LightningModule):
+    """StyleGAN-NADA (spec nada_expansion.md Part A).
+
+    Args:
+        checkpoint: source generator, a file in any format ``models.checkpoints.load`` reads or a registered
+            asset name (``stylegan2-ffhq-1024``). Exclusive with ``generator``.
+        generator: ``models.stylegan2.Generator`` keyword arguments of a random generator (offline toy runs),
+            built under ``torch.manual_seed(generator_seed)``.
+        source_text, target_text: the domain texts of the directional loss (``"photo"`` -> ``"sketch"``).
+        target_images: folder of a few target images: image-guided mode (§A7); the texts are then ignored
+            by the directional loss.
+        image_guided_samples: generated source images whose mean CLIP embedding is the image-guided source.
+        clip_models: list of ``{name, weight, pretrained, config, seed}`` (default: ViT-B/32 and ViT-B/16 with
+            weight 1, OpenAI weights, as the README command).
+        clip_preprocessing: ``"reference"`` (bicubic resize without antialias, §A4) or ``"antialias"``.
+        clip_dtype: ``float32`` (default), ``float16`` (the reference's GPU precision) or ``bfloat16``.
+        templates: ``True`` for the 79 ImageNet templates, ``False`` for the bare texts, or a list.
+        lambda_direction, lambda_global, lambda_patch, lambda_manifold, patch_size: loss weights (§A4; the
+            paper uses ``lambda_direction = 1`` only).
+        auto_layer_k: layers trained per step (``None``: all ``n_latent``, as the README command).
+        auto_layer_iters: W+ SGD steps of the selection (0 disables selection: const, conv1 and all convs
+            train every step, §A2).
+        auto_layer_batch, auto_layer_lr: selection batch (8) and SGD learning rate (0.01).
+        layer_mapping: ``"reference"`` index -> layer mapping (default) or ``"corrected"`` (§A5 off-by-one).
+        selection_text: text of the selection's global loss (default ``target_text``; required in image-guided
+            mode with selection on, where the reference silently used "cat", §A14.12).
+        lr, betas: Adam settings (reference: ``0.002 · 4/5``, ``(0, 0.99^0.8)``).
+        mixing: style-mixing probability (reference and README: 0).
+        sample_truncation: psi of the ``source`` / ``adapted`` samplers (toward the mean W of 4096 fixed z).
+        seed: base seed of the per-iteration randomness (None: ``torch.initial_seed()`` at setup).
+    """
+
+    def __init__(self, checkpoint: str | None = None, generator: Mapping[str, Any] | None = None,
+                 generator_seed: int = 0, source_text: str = "photo", target_text: str | None = None,
+                 target_images: str | None = None, image_guided_samples: int = 16,
+                 clip_models: Sequence[Mapping[str, Any]] | None = None, clip_preprocessing: str = "reference",
+                 clip_dtype: str = "float32", templates: bool | Sequence[str] = True,
+                 lambda_direction: float = 1.0, lambda_global: float = 0.0, lambda_patch: float = 0.0,
+                 lambda_manifold: float = 0.0, patch_size: int = 510, auto_layer_k: int | None = None,
+                 auto_layer_iters: int = 1, auto_layer_batch: int = 8, auto_layer_lr: float = 0.01,
+                 layer_mapping: str = "reference", selection_text: str | None = None,
+                 lr: float = REFERENCE_LR, betas: Sequence[float] = REFERENCE_BETAS, mixing: float = 0.0,
+                 sample_truncation: float = 1.0, seed: int | None = None):
+        super().__init__()
+        self.automatic_optimization = False
+        self.save_hyperparameters()
+        clip_entries = parse_clip_models(clip_models)
+        self._check_options(target_text, target_images, clip_preprocessing, clip_dtype, layer_mapping,
+                            auto_layer_k, auto_layer_iters, auto_layer_batch, image_guided_samples, mixing,
+                            sample_truncation, selection_text)
+        if target_text is None and (lambda_global or lambda_patch or lambda_manifold):
+            raise ValueError("lambda_global / lambda_patch / lambda_manifold use the target text: set "
+                             "model.target_text as well")
+        check_assets([checkpoint] + [e["pretrained"] for e in clip_entries])
+
+        source = load_source_generator(checkpoint, generator, generator_seed)
+        self._frozen = _Held(source.requires_grad_(False).eval())
+        self.g_train = copy.deepcopy(source).train()
+        self.source_text, self.target_text, self.target_images = source_text, target_text, target_images
+        self.image_guided_samples = int(image_guided_samples)
+        self.selection_text = selection_text if selection_text is not None else target_text
+        self.auto_layer_iters, self.auto_layer_batch = int(auto_layer_iters), int(auto_layer_batch)
+        self.auto_layer_k = int(self.g_train.n_latent if auto_layer_k is None else auto_layer_k)
+        self.auto_layer_lr, self.layer_mapping = float(auto_layer_lr), layer_mapping
+        self.lr, self.betas = float(lr), tuple(float(b) for b in betas)
+        self.mixing, self.sample_truncation, self.seed = float(mixing), float(sample_truncation), seed
+
+        dtype = DTYPES[clip_dtype]
+        losses = [DirectionalCLIPLoss(build_clip(e, clip_preprocessing, dtype), source_text,
+                                      target_text if target_text is not None else "(image target)",
+                                      lambda_direction=lambda_direction, lambda_global=lambda_global,
+                                      lambda_patch=lambda_patch, lambda_manifold=lambda_manifold,
+                                      patch_size=patch_size, templates=templates) for e in clip_entries]
+        self.clip_loss = CLIPLossEnsemble(losses, [e["weight"] for e in clip_entries])
+        if target_images is not None:  # persisted so a resumed run keeps its direction (§A7)
+            for i, loss in enumerate(losses):
+                self.register_buffer(f"image_direction_{i}", torch.zeros(1, loss.clip.embed_dim))
+            self.register_buffer("image_direction_ready", torch.zeros((), dtype=torch.bool))
+        self._direction_applied = False
+
+        self._trainable_pool = self._initial_trainable()
+        self.selected_codes: list[int] | None = None
+        self.nimg, self.iteration = 0, 0
+        self.run_dir: Path | None = None
+        self._base_seed: int | None = seed
+        self._rng: torch.Generator | None = None
+        self._mean_w: Tensor | None = None
+
+    @staticmethod
+    def _check_options(target_text, target_images, clip_preprocessing, clip_dtype, layer_mapping, auto_layer_k,
+                       auto_layer_iters, auto_layer_batch, image_guided_samples, mixing, sample_truncation,
+                       selection_text) -> None:
+        if target_text is None and target_images is None:
+            raise ValueError("set model.target_text (text-guided) or model.target_images (image-guided)")
+        if target_images is not None and not Path(target_images).is_dir():
+            raise FileNotFoundError(f"model.target_images: folder {target_images} does not exist")
+        if target_images is not None and auto_layer_iters > 0 and selection_text is None and target_text is None:
+            raise ValueError("image-guided runs with layer selection need model.selection_text (or target_text) "
+                             "for the selection's global CLIP loss, or auto_layer_iters: 0 (spec §A7)")
+        if clip_preprocessing not in PREPROCESSING:
+            raise ValueError(f"clip_preprocessing must be one of {PREPROCESSING}, got {clip_preprocessing!r}")
+        if clip_dtype not in DTYPES:
+            raise ValueError(f"clip_dtype must be one of {sorted(DTYPES)}, got {clip_dtype!r}")
+        check_mapping(layer_mapping)
+        for key, value, low in (("auto_layer_iters", auto_layer_iters, 0), ("auto_layer_batch", auto_layer_batch, 1),
+                                ("image_guided_samples", image_guided_samples, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{key} must be an integer >= {low}, got {value!r}")
+        if auto_layer_k is not None and (not isinstance(auto_layer_k, int) or auto_layer_k < 1):
+            raise ValueError(f"auto_layer_k must be a positive integer or null (all layers), got {auto_layer_k!r}")
+        if not 0.0 <= mixing <= 1.0:
+            raise ValueError(f"mixing must be in [0, 1], got {mixing}")
+        if not 0.0 < sample_truncation <= 1.0:
+            raise ValueError(f"sample_truncation must be in (0, 1], got {sample_truncation}")
+
+    # ------------------------------------------------------------------------------ networks
+    @property
+    def g_frozen(self) -> Generator:
+        """The frozen source generator (not a submodule: not saved, not optimized, always in eval mode)."""
+        return self._frozen.module
+
+    def _apply(self, fn, recurse: bool = True):
+        """Device/dtype moves of the module also move the frozen generator."""
+        super()._apply(fn, recurse)
+        self.g_frozen._apply(fn)
+        self._mean_w = None
+        return self
+
+    def _initial_trainable(self) -> list[nn.Module]:
+        """§A2: selection on -> ``[conv1, to_rgb1, *convs]`` (re-chosen every step); off -> const input,
+        ``conv1`` and every conv. The mapping and the other ToRGBs are never trained."""
+        g = self.g_train
+        g.requires_grad_(False)
+        pool = candidate_layers(g) if self.auto_layer_iters > 0 else [g.input, g.conv1, *g.convs]
+        set_trainable(pool, pool)
+        return pool
+
+    @property
+    def z_dim(self) -> int:
+        return int(self.g_train.style_dim)
+
+    @property
+    def kimg(self) -> float:
+        """Thousands of latents trained on, all ranks together (drives the sample/metric callbacks)."""
+        return self.nimg / 1000.0
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.g_frozen.eval()
+        return self
+
+    # ------------------------------------------------------------------------------ randomness
+    def _world_size(self) -> int:
+        return self._trainer.world_size if self._trainer is not None else 1
+
+    def _global_rank(self) -> int:
+        return self._trainer.global_rank if self._trainer is not None else 0
+
+    @property
+    def rng(self) -> torch.Generator:
+        """Generator of the current iteration, seeded from ``(seed, global rank, iteration)``."""
+        if self._rng is None or self._rng.device != self.device:
+            self.reseed()
+        return self._rng
+
+    def reseed(self) -> None:
+        if self._base_seed is None:
+            self._base_seed = int(torch.initial_seed())
+        if self._rng is None or self._rng.device != self.device:
+            self._rng = torch.Generator(device=self.device)
+        self._rng.manual_seed(step_seed(self._base_seed, self._global_rank(), self.iteration))
+
+    def sample_noise(self, n: int) -> list[Tensor]:
+        """Fresh per-layer noise maps ``[n, 1, r, r]`` (each generator call draws its own, §A14.4)."""
+        return [torch.randn(n, 1, *b.shape[-2:], device=self.device, generator=self.rng)
+                for b in self.g_train.stored_noise()]
+
+    # ------------------------------------------------------------------------------ latents
+    def latents_from_batch(self, batch: Any) -> Tensor:
+        """z ``[B, z_dim]`` of a ``latents`` batch; an image batch (e.g. the ``images`` datamodule holding the
+        FID reference of an image-guided run) only sets ``B``: NADA never trains on images."""
+        if isinstance(batch, (list, tuple)) and len(batch) == 1:
+            batch = batch[0]
+        if isinstance(batch, Tensor) and batch.dim() == 2:
+            if batch.shape[1] != self.z_dim:
+                raise ValueError(f"latent batch has z_dim {batch.shape[1]}, the generator {self.z_dim}: "
+                                 f"set data.z_dim to {self.z_dim}")
+            return batch.to(self.device, torch.float32)
+        if isinstance(batch, Tensor) and batch.dim() == 4:
+            return torch.randn(batch.shape[0], self.z_dim, device=self.device, generator=self.rng)
+        shape = tuple(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
+        raise TypeError(f"expected a latent batch [B, {self.z_dim}] (datamodule 'latents'), got {shape}")
+
+    def w_plus(self, z: Tensor) -> Tensor:
+        """``w = G_frozen.mapping(z)`` broadcast to W+ ``[B, n_latent, D]``; with probability ``mixing`` two
+        codes and one crossover index for both generators (§A1, §A14.5)."""
+        mapping = self.g_frozen.style
+        if self.mixing > 0 and float(torch.rand((), device=self.device, generator=self.rng)) < self.mixing:
+            z2 = torch.randn(z.shape, device=self.device, generator=self.rng)
+            index = int(torch.randint(1, self.g_frozen.n_latent, (), device=self.device, generator=self.rng))
+            return self.g_frozen.styles_to_latent([mapping(z), mapping(z2)], inject_index=index,
+                                                  input_is_latent=True)
+        return self.g_frozen.styles_to_latent([mapping(z)], input_is_latent=True)
+
+    # ------------------------------------------------------------------------------ algorithm steps
+    def select_layers(self) -> list[int]:
+        """Adaptive layer selection (§A5): returns the chosen W+ indices and sets ``requires_grad``."""
+        g = self.g_train
+        with torch.no_grad():
+            z = torch.randn(self.auto_layer_batch, self.z_dim, device=self.device, generator=self.rng)
+            w_init = self.g_frozen.styles_to_latent([self.g_frozen.style(z)], input_is_latent=True)
+
+        def synthesize(w_plus: Tensor) -> Tensor:
+            return g([w_plus], input_is_latent=True, noise=self.sample_noise(w_plus.shape[0]))[0]
+
+        moved = w_plus_sgd(synthesize, lambda x: self.clip_loss.global_loss(x, self.selection_text), w_init,
+                           lr=self.auto_layer_lr, iters=self.auto_layer_iters)
+        scores = code_movement(w_init, moved)
+        if self._world_size() > 1:  # every rank must train the same layers
+            scores = self.trainer.strategy.reduce(scores, reduce_op="mean")
+        codes = top_codes(scores, self.auto_layer_k, self.layer_mapping, len(g.convs))
+        set_trainable(self._trainable_pool, layers_for_codes(g, codes, self.layer_mapping))
+        self.selected_codes = codes
+        return codes
+
+    def adaptation_loss(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Steps 2-4 of §A3: ``(L, x_src, x_tgt)`` for latents ``z``."""
+        with torch.no_grad():
+            w_plus = self.w_plus(z)
+            x_src, _ = self.g_frozen([w_plus], input_is_latent=True, noise=self.sample_noise(z.shape[0]))
+        x_tgt, _ = self.g_train([w_plus], input_is_latent=True, noise=self.sample_noise(z.shape[0]))
+        return self.clip_loss(x_src, x_tgt), x_src, x_tgt
+
+    @torch.no_grad()
+    def image_guided_source_images(self) -> Tensor:
+        """The generated source images of the image-guided direction (§A7): ``image_guided_samples`` seeded z
+        (stream ``seed``), psi = 1, stored noise, no clamp (the reference's CLIP input is not clamped)."""
+        z = seeded_normal(range(self.image_guided_samples), int(self._seed_value()), self.z_dim).to(self.device)
+        images, _ = self.g_frozen([z], randomize_noise=False)
+        return images
+
+    def _seed_value(self) -> int:
+        if self._base_seed is None:
+            self._base_seed = int(torch.initial_seed())
+        return self._base_seed
+
+    def ensure_image_direction(self) -> None:
+        """Image-guided mode: compute ``ΔT = n(mean n(E_I(targets)) - mean n(E_I(P(G(z)))))`` per CLIP model
+        once and keep it in buffers (restored from a checkpoint on resume, then reused)."""
+        if self.target_images is None or self._direction_applied:
+            return
+        losses = list(self.clip_loss.losses)
+        if not bool(self.image_direction_ready):
+            self.clip_loss.set_image_target(self.image_guided_source_images(), self.target_images)
+            for i, (weight, loss) in enumerate(zip(self.clip_loss.weights, losses)):
+                if weight != 0:
+                    getattr(self, f"image_direction_{i}").copy_(loss.direction.to(self.device))
+            self.image_direction_ready.fill_(True)
+            log.info("image-guided directions computed from %s", self.target_images)
+        for i, (weight, loss) in enumerate(zip(self.clip_loss.weights, losses)):
+            if weight != 0:
+                loss.set_direction(getattr(self, f"image_direction_{i}"))
+        self._direction_applied = True
+
+    def load_state_dict(self, *args, **kwargs):
+        self._direction_applied = False  # re-apply the (possibly restored) image-guided directions
+        return super().load_state_dict(*args, **kwargs)
+
+    # ------------------------------------------------------------------------------ Lightning
+    def nada_iteration(self, z: Tensor, optimizer: torch.optim.Optimizer, backward=None) -> Tensor:
+        """One iteration of §A3 on latents ``z``: [layer selection], CLIP loss, Adam step. ``backward``
+        defaults to ``loss.backward()`` (Lightning passes ``manual_backward``). Returns the detached loss."""
+        if self.auto_layer_iters > 0:
+            self.select_layers()
+        loss, _, _ = self.adaptation_loss(z)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite CLIP loss {loss.item()} at iteration {self.iteration} "
+                                     f"(kimg {self.kimg:.3f})")
+        optimizer.zero_grad(set_to_none=True)  # frozen layers keep grad None: Adam leaves them untouched (§C1)
+        (backward or Tensor.backward)(loss)
+        optimizer.step()
+        return loss.detach()
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        self.reseed()
+        self.ensure_image_direction()
+        z = self.latents_from_batch(batch)
+        loss = self.nada_iteration(z, self.optimizers(), self.manual_backward)
+        self.nimg += z.shape[0] * self._world_size()
+        self.iteration += 1
+        logs = {"loss/clip": loss}
+        if self.selected_codes is not None:
+            logs["nada/layers_trained"] = torch.tensor(float(len(layers_for_codes(
+                self.g_train, self.selected_codes, self.layer_mapping))))
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=z.shape[0])
+        self.log("kimg", self.kimg, prog_bar=True, on_step=True, on_epoch=False, batch_size=z.shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for layer in self._trainable_pool for p in layer.parameters()]
+        return torch.optim.Adam(params, lr=self.lr, betas=self.betas, eps=1e-8, weight_decay=0.0)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and str(self.trainer.precision) not in SUPPORTED_PRECISIONS:
+            raise ValueError(f"precision {self.trainer.precision!r} is not supported by NADA; use one of "
+                             f"{SUPPORTED_PRECISIONS} (generators stay fp32, §C1)")
+        self._seed_value()
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        """No-op: metric callbacks evaluate the samplers."""
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        """No-op: metric callbacks evaluate the samplers."""
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["nada"] = {"nimg": self.nimg, "iteration": self.iteration, "base_seed": self._base_seed}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("nada")
+        if state is None:
+            raise KeyError("checkpoint has no 'nada' state: it was not written by NADAModule")
+        self.nimg, self.iteration, self._base_seed = int(state["nimg"]), int(state["iteration"]), state["base_seed"]
+
+    # ------------------------------------------------------------------------------ sampling and export
+    @torch.no_grad()
+    def mean_w(self) -> Tensor:
+        """Mean W of the (frozen, shared) mapping over 4096 fixed z, ``[1, style_dim]`` (truncation centre)."""
+        if self._mean_w is None:
+            z = torch.randn(MEAN_W_SAMPLES, self.z_dim, generator=torch.Generator().manual_seed(MEAN_W_SEED))
+            self._mean_w = self.g_frozen.style(z.to(self.device)).mean(0, keepdim=True)
+        return self._mean_w
+
+    def render(self, generator: Generator, z: Tensor) -> Tensor:
+        """Images in [-1, 1] of ``generator`` for ``z`` through the frozen mapping, stored noise, psi =
+        ``sample_truncation``."""
+        w = self.g_frozen.style(z.to(self.device))
+        kwargs = ({"truncation": self.sample_truncation, "truncation_latent": self.mean_w()}
+                  if self.sample_truncation < 1 else {})
+        images, _ = generator([w], input_is_latent=True, randomize_noise=False, **kwargs)
+        return images.clamp(-1, 1)
+
+    def samplers(self) -> dict[str, Sampler]:
+        """``source`` (G_frozen) and ``adapted`` (G_train): the same z and noise for both."""
+        device = lambda: self.device  # noqa: E731 - follows the module across devices
+        return {"source": latent_sampler(lambda z: self.render(self.g_frozen, z), self.z_dim, device),
+                "adapted": latent_sampler(lambda z: self.render(self.g_train, z), self.z_dim, device)}
+
+    def export_generator(self, path: str | Path) -> Path:
+        """Write the adapted generator as a rosinality-compatible ``.pt`` (``g_ema`` = G_train, as the
+        reference's output; ``latent_avg`` = :meth:`mean_w`) readable by ``models.checkpoints.load``."""
+        from models import checkpoints
+
+        info = {"source_text": self.source_text, "target_text": self.target_text,
+                "target_images": None if self.target_images is None else str(self.target_images),
+                "iterations": int(self.iteration)}
+        return checkpoints.save(Path(path), g_ema=self.g_train, latent_avg=self.mean_w().squeeze(0).cpu(),
+                                nada=info)
+
+    @rank_zero_only
+    def on_fit_end(self) -> None:
+        if self.run_dir is None:
+            return
+        path = self.export_generator(Path(self.run_dir) / "generator.pt")
+        log.info("adapted %d iterations (%.3f kimg); generator exported to %s", self.iteration, self.kimg, path)
+
+
+__all__ = ["NADAModule", "MissingAssetsError", "check_assets", "load_source_generator", "parse_clip_models",
+           "build_clip", "register_open_clip_config"]
