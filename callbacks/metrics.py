@@ -11,6 +11,8 @@ YAML::
           fid: {num_gen: 5000, reference: full, optional: true}
           kid: {num_gen: 5000}
           intra_lpips: {num_gen: 1000, net: vgg, optional: true}
+          nn_lpips: {num_gen: 1000, net: vgg, centers: train, optional: true}
+          latent_smoothness: {num_gen: 500, net: vgg, optional: true}   # on the interpolation sampler
 
 * **Start-up check.** ``setup`` resolves every pretrained file the metrics need through
   ``models.assets``. A missing file is an error before training begins, unless the metric is
@@ -86,10 +88,12 @@ class MetricsCallback(pl.Callback):
 
     Args:
         metrics: mapping of metric name (``fid``, ``kid``, ``intra_lpips``, ``lpips_diversity``,
-            ``lpips_align``, ``reconstruction``, ``clip_text``, ``clip_direction``; ``kind:label`` for a
-            second instance) to its options.
+            ``lpips_align``, ``reconstruction``, ``latent_smoothness``, ``nn_lpips``, ``clip_text``,
+            ``clip_direction``; ``kind:label`` for a second instance) to its options.
         every_kimg: evaluate whenever training crosses a multiple of this many kimg (None: test only).
         samplers: sampler names to evaluate (None: all); a metric's own ``samplers`` overrides it.
+            ``reconstruction`` and ``latent_smoothness`` ignore it (their default is the module's
+            ``reconstruction`` / ``interpolation`` sampler).
         batch_size: images rendered/embedded per batch.
         on_test: evaluate in ``trainer.test`` (the test harness).
         at_fit_start: also evaluate once before the first training step (a baseline at kimg 0).
@@ -108,7 +112,8 @@ class MetricsCallback(pl.Callback):
         self.specs: dict[str, MetricSpec] = parse_specs(dict(metrics))
         if samplers is not None:
             for spec in self.specs.values():
-                if spec.samplers is None and spec.kind != "reconstruction":
+                # reconstruction / latent smoothness keep their own default sampler (see MetricSuite._targets)
+                if spec.samplers is None and spec.kind not in ("reconstruction", "latent_smoothness"):
                     spec.samplers = list(samplers)
         self.every_kimg = every_kimg
         self.batch_size = batch_size

@@ -26,6 +26,8 @@ DEFAULTS: dict[str, dict[str, str]] = {  # "which": the default reference split 
     "lpips_diversity": {"extractor": "lpips-vgg", "resize": "bilinear256"},
     "lpips_align": {"extractor": "lpips-vgg", "resize": "none"},
     "reconstruction": {"extractor": "lpips-vgg", "resize": "none"},
+    "latent_smoothness": {"extractor": "lpips-vgg", "resize": "bilinear256"},
+    "nn_lpips": {"extractor": "lpips-vgg", "resize": "bilinear256", "which": "train"},
     "clip_text": {"extractor": "clip:ViT-B-32", "resize": "clip"},
     "clip_direction": {"extractor": "clip:ViT-B-32", "resize": "clip"},
 }

@@ -8,6 +8,8 @@ keys and ill-typed values are errors that name the offending key and list the va
       fid: {num_gen: 5000, reference: full, extractor: inception, optional: true}
       kid: {num_gen: 5000, subset_size: 1000}
       intra_lpips: {num_gen: 1000, net: vgg, cluster_size: 50, optional: true}
+      nn_lpips: {num_gen: 1000, net: vgg, centers: train, optional: true}
+      latent_smoothness: {num_gen: 500, net: vgg, optional: true}    # num_gen = paths
       clip_text: {text: "a sketch of a face", optional: true}
 
 Options common to all kinds: ``num_gen`` (samples per sampler), ``seed`` (first seed of the sampler's
@@ -151,6 +153,35 @@ class ReconstructionSpec(LPIPSSpecBase):
 
 
 @dataclass
+class LatentSmoothnessSpec(LPIPSSpecBase):
+    """Latent smoothness along W paths (MixDL ``ppl_uniformity.py``, spec idinvert_mixdl.md §2.7).
+
+    ``num_gen`` counts *paths* (each renders the path sampler's ``frames_per_path`` images). ``samplers:
+    null`` means the module's ``interpolation`` path sampler when it has one, else none. Logged as two
+    values, ``smoothness_mean`` and ``smoothness_uniformity``; cv, max-share and the endpoint distance go
+    to the record's extras.
+    """
+
+    kind: ClassVar[str] = "latent_smoothness"
+    num_gen: int = 500
+
+
+@dataclass
+class NearestTrainingLPIPSSpec(LPIPSSpecBase):
+    """Nearest-training-image LPIPS, a memorisation measure (MixDL ``nn_lpips.py``, spec idinvert_mixdl.md
+    §2.7): mean over ``num_gen`` samples of the min LPIPS to any image of ``centers`` (``train``: the
+    few-shot training images); the mode count (``count_modes.py``, argmin fixed) goes to the extras."""
+
+    kind: ClassVar[str] = "nn_lpips"
+    num_gen: int = 1000
+    centers: str = "train"
+
+    def validate(self) -> None:
+        super().validate()
+        _check_choice(self, "centers", ("train", "full"))
+
+
+@dataclass
 class ClipSpecBase(MetricSpec):
     num_gen: int = 100
     model: str = "ViT-B-32"
@@ -196,7 +227,8 @@ class ClipDirectionSpec(ClipSpecBase):
 
 
 SPECS: dict[str, type[MetricSpec]] = {cls.kind: cls for cls in (
-    FIDSpec, KIDSpec, IntraLPIPSSpec, DiversitySpec, AlignSpec, ReconstructionSpec, ClipTextSpec, ClipDirectionSpec)}
+    FIDSpec, KIDSpec, IntraLPIPSSpec, DiversitySpec, AlignSpec, ReconstructionSpec, LatentSmoothnessSpec,
+    NearestTrainingLPIPSSpec, ClipTextSpec, ClipDirectionSpec)}
 
 
 def _check_int(spec: MetricSpec, key: str, minimum: int) -> None:

@@ -22,11 +22,14 @@ from metrics.features import FeatureExtractor, build_extractor, sha256_file
 from metrics.fid import fid_from_stats, kernel_inception_distance
 from metrics.lpips_family import (LPIPSDistance, all_pairs, cluster_pairs, load_lpips, nearest_center,
                                   reconstruction_scores, select_members, summarize_clusters)
+from metrics.memorization import nearest_training_lpips
 from metrics.protocol import MetricProtocol, check_no_collisions
 from metrics.reference import ReferenceSet
 from metrics.refstats import ReferenceStatsCache
+from metrics.smoothness import latent_smoothness
 from metrics.specs import (AlignSpec, ClipDirectionSpec, ClipSpecBase, ClipTextSpec, DiversitySpec, FIDSpec,
-                           IntraLPIPSSpec, KIDSpec, LPIPSSpecBase, MetricSpec, ReconstructionSpec)
+                           IntraLPIPSSpec, KIDSpec, LatentSmoothnessSpec, LPIPSSpecBase, MetricSpec,
+                           NearestTrainingLPIPSSpec, ReconstructionSpec)
 from metrics.stats import FeatureStats
 from metrics.streams import generated_stats, progress, render_uint8, shard_batches
 
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 
 ReferenceFn = Callable[[str], ReferenceSet]
 RECONSTRUCTION_SAMPLER = "reconstruction"
+PATH_SAMPLER = "interpolation"  # latent smoothness runs on the module's W-path sampler by default
 RANDOM_WEIGHTS_SEED = 0  # 'trunk: random' / 'pretrained: random' (tests): the same network in every run
 
 
@@ -131,6 +135,8 @@ class MetricSuite:
         if spec.samplers is None:
             if isinstance(spec, ReconstructionSpec):  # only an inversion module's reconstructions
                 return [RECONSTRUCTION_SAMPLER] if RECONSTRUCTION_SAMPLER in samplers else []
+            if isinstance(spec, LatentSmoothnessSpec):  # only a path sampler (MixDL's interpolation)
+                return [PATH_SAMPLER] if PATH_SAMPLER in samplers else []
             return list(samplers)
         names = list(spec.samplers)
         missing = [n for n in names if n not in samplers]
@@ -305,11 +311,56 @@ class MetricSuite:
             spec_n = dataclasses.replace(spec, num_gen=n)
             proto = self._lpips_protocol(spec_n, dist, samplers[name], reference_dict(ref, spec.reference),
                                          {"psnr_ssim_range": "[0,1]", "mse_range": "[-1,1]"})
-            base = proto.key(name)
-            head, _, tail = base.partition("/")
             for k, v in means.items():  # keys recon_lpips<n>/..., recon_psnr<n>/..., ...
-                key = f"{head.replace('reconstruction', f'recon_{k}', 1)}/{tail}"
+                key = self._renamed_key(proto, name, "reconstruction", f"recon_{k}")
                 out.append(MetricValue(key, v, f"recon_{k}", name, proto))
+        return out
+
+    @staticmethod
+    def _renamed_key(proto: MetricProtocol, sampler: str, old: str, new: str) -> str:
+        """``proto.key(sampler)`` with the metric name at the start of the key replaced (one protocol,
+        several logged values: ``reconstruction`` -> ``recon_lpips`` ..., ``latent_smoothness`` -> ...)."""
+        head, _, tail = proto.key(sampler).partition("/")
+        return f"{head.replace(old, new, 1)}/{tail}"
+
+    def _run_latent_smoothness(self, spec: LatentSmoothnessSpec, samplers, targets, reference_fn, memo, capture):
+        """Latent smoothness (spec idinvert_mixdl.md §2.7) of each path sampler: ``num_gen`` paths, logged as
+        ``smoothness_mean<n>...`` and ``smoothness_uniformity<n>...``; cv, max-share, endpoint in the extras."""
+        if not targets:
+            return []
+        dist = self.lpips(spec)
+        out = []
+        for name in targets:
+            sampler = samplers[name]
+            frames = getattr(sampler, "frames_per_path", None)
+            batch_paths = max(1, self.batch_size // frames) if isinstance(frames, int) and frames > 0 else 1
+            res = latent_smoothness(dist, sampler, spec.num_gen, spec.seed, batch_paths=batch_paths,
+                                    show_progress=self.show_progress)
+            proto = self._lpips_protocol(spec, dist, sampler, None,
+                                         {"frames_per_path": frames, "step": 1.0 / res.steps, "space": "W",
+                                          "distance": "LPIPS(frame k, frame k+1) / step^2",
+                                          "uniformity": "per-path std (ddof 0), mean over paths"})
+            extras = {k: v for k, v in res.as_dict().items() if k not in ("mean", "uniformity")}
+            for k in ("mean", "uniformity"):
+                key = self._renamed_key(proto, name, "latent_smoothness", f"smoothness_{k}")
+                out.append(MetricValue(key, getattr(res, k), f"smoothness_{k}", name, proto, dict(extras)))
+        return out
+
+    def _run_nn_lpips(self, spec: NearestTrainingLPIPSSpec, samplers, targets, reference_fn, memo, capture):
+        """Nearest-training LPIPS (spec idinvert_mixdl.md §2.7): mean over samples of the min LPIPS to the
+        ``centers`` images; std, mode count (training images matched) and per-image counts in the extras."""
+        dist = self.lpips(spec)
+        ref = self._reference(reference_fn, spec.centers, spec)
+        train = torch.cat(list(ref.batches(64)))
+        out = []
+        for name in targets:
+            res = nearest_training_lpips(dist, samplers[name], train, spec.num_gen, spec.seed, self.batch_size,
+                                         show_progress=self.show_progress)
+            proto = self._lpips_protocol(spec, dist, samplers[name], reference_dict(ref, spec.centers),
+                                         {"reduction": "mean_i min_j LPIPS(x_i, y_j)", "ties": "lowest index"})
+            extras = {"std": res.std, "modes": res.modes, "num_centers": int(train.shape[0]),
+                      "match_counts": res.match_counts}
+            out.append(MetricValue(proto.key(name), res.value, spec.kind, name, proto, extras))
         return out
 
     # CLIP ------------------------------------------------------------------------------------------
