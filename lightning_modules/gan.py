@@ -66,6 +66,7 @@ from torch import nn
 from lightning_modules.ema import ema_beta, make_ema, update_ema
 from losses.adversarial import (d_logistic_loss, g_nonsaturating_loss, path_length_penalty,
                                 path_lengths, r1_penalty, update_pl_mean)
+from models.diffaugment import DiffAugment
 from models.sampler import Sampler, latent_sampler
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,8 @@ class StyleGAN2Core(pl.LightningModule):
         total_kimg: stop training after this many thousand images (None = rely on the Trainer).
         nan_policy: ``"raise"`` or ``"skip"`` on non-finite losses/gradients.
         seed: base seed of the training randomness (None = ``torch.initial_seed()`` at setup).
+        diffaugment: DiffAugment policy for every image D sees, e.g. ``"color,translation,cutout"``
+            (None = off), drawn from the iteration's generator (``models.diffaugment``).
     """
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, g_ema: nn.Module | None = None, *,
@@ -119,7 +122,8 @@ class StyleGAN2Core(pl.LightningModule):
                  r1_gamma: float = 10.0, r1_interval: int = 16, pl_weight: float = 2.0,
                  pl_interval: int = 4, pl_batch_shrink: int = 2, pl_decay: float = 0.01,
                  mixing_prob: float = 0.9, ema_kimg: float = 10.0, ema_rampup: float | None = None,
-                 total_kimg: float | None = None, nan_policy: str = "raise", seed: int | None = None):
+                 total_kimg: float | None = None, nan_policy: str = "raise", seed: int | None = None,
+                 diffaugment: str | None = None):
         super().__init__()
         self.automatic_optimization = False
         if nan_policy not in NAN_POLICIES:
@@ -149,6 +153,7 @@ class StyleGAN2Core(pl.LightningModule):
         self.total_kimg = total_kimg
         self.nan_policy = nan_policy
         self.seed = seed
+        self.diffaugment = DiffAugment(diffaugment) if diffaugment else None
 
         self.nimg = 0
         self.iteration = 0
@@ -218,8 +223,10 @@ class StyleGAN2Core(pl.LightningModule):
 
     # ------------------------------------------------------------------------------ discriminator input
     def augment(self, images: torch.Tensor) -> torch.Tensor:
-        """Augmentation applied to every image D sees (identity; override for DiffAugment/ADA)."""
-        return images
+        """Augmentation of every image D sees: DiffAugment with the iteration's generator, or identity."""
+        if self.diffaugment is None:
+            return images
+        return self.diffaugment(images, generator=self.rng)
 
     def discriminate(self, images: torch.Tensor) -> torch.Tensor:
         """D logits [B, 1] of augmented ``images``."""

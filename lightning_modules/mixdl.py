@@ -45,7 +45,6 @@ from lightning_modules.stylegan2 import StyleGAN2Module
 from losses.adversarial import d_logistic_loss, g_nonsaturating_loss, r1_penalty
 from losses.mixdl import (D_KL_WEIGHT, G_KL_WEIGHT, REDUCTIONS, d_distance_loss, g_distance_loss,
                           sample_feature_layers)
-from models.diffaugment import DiffAugment
 from models.mixdl_heads import DistanceProjectionHead, PatchHeads, patch_logits, penultimate_features
 from models.mixup import make_coefficient_sampler, mix_latents
 from models.sampler import Sampler, latent_sampler
@@ -96,7 +95,8 @@ class MixDLModule(StyleGAN2Module):
                          g_lr=g_lr, d_lr=d_lr, betas=betas, r1_gamma=r1_gamma, r1_interval=r1_interval,
                          pl_weight=pl_weight, pl_interval=pl_interval, pl_batch_shrink=pl_batch_shrink,
                          pl_decay=pl_decay, mixing_prob=mixing_prob, ema_kimg=ema_kimg,
-                         ema_rampup=ema_rampup, total_kimg=total_kimg, nan_policy=nan_policy, seed=seed)
+                         ema_rampup=ema_rampup, total_kimg=total_kimg, nan_policy=nan_policy, seed=seed,
+                         diffaugment=diffaugment)
         if int(mixup_every) != mixup_every or mixup_every < 0:
             raise ValueError(f"mixup_every must be an integer >= 0 (0 = never), got {mixup_every}")
         if kl_reduction not in REDUCTIONS:
@@ -119,7 +119,6 @@ class MixDLModule(StyleGAN2Module):
         # CDC's ``Extra`` (spec §2.2) and MixDL's ``sim_linear`` (spec §2.5).
         self.patch_heads = PatchHeads.for_discriminator(self.discriminator, self.patch_resolutions)
         self.distance_head = DistanceProjectionHead(self.discriminator.channels[4])
-        self.diffaugment = DiffAugment(diffaugment) if diffaugment else None
         self.save_hyperparameters()
 
     # ------------------------------------------------------------------------------ schedule
@@ -129,12 +128,6 @@ class MixDLModule(StyleGAN2Module):
         return self.mixup_every > 0 and i % self.mixup_every == 0
 
     # ------------------------------------------------------------------------------ building blocks
-    def augment(self, images: torch.Tensor) -> torch.Tensor:
-        """DiffAugment with the iteration's generator (identity when off)."""
-        if self.diffaugment is None:
-            return images
-        return self.diffaugment(images, generator=self.rng)
-
     def synthesize(self, w: torch.Tensor, return_feats: bool = False):
         """``G(w)`` for W [n, style_dim] with fresh random noise; ``(images, feats)`` or images."""
         out = self.generator([w], input_is_latent=True, noise=self.sample_noise(w.shape[0]),

@@ -56,7 +56,8 @@ class StyleGAN2Module(StyleGAN2Core):
                  r1_gamma: float = 10.0, r1_interval: int = 16, pl_weight: float = 2.0,
                  pl_interval: int = 4, pl_batch_shrink: int = 2, pl_decay: float = 0.01,
                  mixing_prob: float = 0.9, ema_kimg: float = 10.0, ema_rampup: float | None = None,
-                 total_kimg: float | None = None, nan_policy: str = "raise", seed: int | None = None):
+                 total_kimg: float | None = None, nan_policy: str = "raise", seed: int | None = None,
+                 diffaugment: str | None = None):
         arch = {"resolution": resolution, "style_dim": style_dim, "n_mlp": n_mlp,
                 "channel_multiplier": channel_multiplier, "channels": _channel_table(channels)}
         if checkpoint is None:
@@ -67,7 +68,7 @@ class StyleGAN2Module(StyleGAN2Core):
                          r1_gamma=r1_gamma, r1_interval=r1_interval, pl_weight=pl_weight,
                          pl_interval=pl_interval, pl_batch_shrink=pl_batch_shrink, pl_decay=pl_decay,
                          mixing_prob=mixing_prob, ema_kimg=ema_kimg, ema_rampup=ema_rampup,
-                         total_kimg=total_kimg, nan_policy=nan_policy, seed=seed)
+                         total_kimg=total_kimg, nan_policy=nan_policy, seed=seed, diffaugment=diffaugment)
         self.save_hyperparameters()
 
     # ------------------------------------------------------------------------------ construction

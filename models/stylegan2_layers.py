@@ -126,10 +126,11 @@ class ModulatedConv2d(nn.Module):
         self.demodulate = demodulate
 
     def demodulation(self, s: torch.Tensor) -> torch.Tensor:
-        """``d[b,o] = rsqrt(sum_i s[b,i]^2 * scale^2 * sum_k w[o,i,k]^2 + eps)`` in fp32 (spec §9.3.4)."""
+        """``d[b,o] = rsqrt(sum_i s[b,i]^2 * scale^2 * sum_k w[o,i,k]^2 + eps)``, at least fp32 (spec §9.3.4)."""
+        dtype = torch.promote_types(s.dtype, torch.float32)  # fp32 at least, float64 kept
         with torch.autocast(s.device.type, enabled=False):
-            wsq = (self.weight[0].float() * self.scale).pow(2).sum([2, 3])  # [O, I]
-            return torch.rsqrt(s.float().pow(2) @ wsq.t() + self.eps)
+            wsq = (self.weight[0].to(dtype) * self.scale).pow(2).sum([2, 3])  # [O, I]
+            return torch.rsqrt(s.to(dtype).pow(2) @ wsq.t() + self.eps)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, fused: bool = True) -> torch.Tensor:
         s = self.modulation(style)  # [B, I]

@@ -64,6 +64,27 @@ def test_fast_dev_run_on_the_toy_datamodule():
     assert module.nimg == 4 and torch.isfinite(module.pl_mean)
 
 
+def test_diffaugment_is_what_the_discriminator_sees():
+    """``diffaugment`` (shared by every GAN module) augments D inputs with the iteration's generator."""
+    from models.diffaugment import DiffAugment
+    torch.manual_seed(0)
+    module = StyleGAN2Module(**TINY, seed=0, diffaugment="translation,cutout").eval()
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    module.reseed()
+    augmented = module.augment(x)
+    module.reseed()
+    assert torch.equal(module.augment(x), augmented) and not torch.equal(augmented, x)
+    module.reseed()
+    logits = module.discriminate(x)
+    module.reseed()
+    expected = module.discriminator(DiffAugment("translation,cutout")(x, generator=module.rng))
+    assert torch.equal(logits, expected)
+    plain = StyleGAN2Module(**TINY, seed=0)
+    assert torch.equal(plain.augment(x), x)
+    fast_dev_run(module.train(), RandomImages())
+    assert module.iteration == 1 and all(torch.isfinite(p).all() for p in module.parameters())
+
+
 def test_wrong_resolution_and_missing_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="model.resolution"):
         StyleGAN2Module()
