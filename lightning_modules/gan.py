@@ -56,7 +56,6 @@ import warnings
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
-import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_warn
@@ -64,6 +63,7 @@ import torch
 from torch import nn
 
 from lightning_modules.ema import ema_beta, make_ema, update_ema
+from lightning_modules.seeding import IterationRandomness
 from losses.adversarial import (d_logistic_loss, g_nonsaturating_loss, path_length_penalty,
                                 path_lengths, r1_penalty, update_pl_mean)
 from models.diffaugment import DiffAugment
@@ -93,13 +93,7 @@ def lazy_adam_kwargs(lr: float, betas: Sequence[float], interval: int) -> dict[s
     return {"lr": lr * c, "betas": (float(betas[0]) ** c, float(betas[1]) ** c)}
 
 
-def step_seed(base_seed: int, rank: int, iteration: int) -> int:
-    """Seed of the per-iteration generator: a hash of ``(base_seed, rank, iteration)`` < 2**63."""
-    state = np.random.SeedSequence([int(base_seed) % 2**64, int(rank), int(iteration)])
-    return int(state.generate_state(1, np.uint64)[0]) >> 1
-
-
-class StyleGAN2Core(pl.LightningModule):
+class StyleGAN2Core(IterationRandomness, pl.LightningModule):
     """StyleGAN2 adversarial training with lazy R1 / path-length regularization and a G EMA.
 
     Args:
@@ -172,29 +166,6 @@ class StyleGAN2Core(pl.LightningModule):
     @property
     def z_dim(self) -> int:
         return int(self.generator.style_dim)
-
-    def _world_size(self) -> int:
-        return self._trainer.world_size if self._trainer is not None else 1
-
-    def _global_rank(self) -> int:
-        return self._trainer.global_rank if self._trainer is not None else 0
-
-    # ------------------------------------------------------------------------------ randomness
-    @property
-    def rng(self) -> torch.Generator:
-        """The generator of the current iteration (see the class docstring)."""
-        if self._rng is None or self._rng.device != self.device:
-            self._rng = torch.Generator(device=self.device)
-            self.reseed()
-        return self._rng
-
-    def reseed(self) -> None:
-        """Seed :attr:`rng` from ``(seed, global_rank, iteration)``."""
-        if self._base_seed is None:
-            self._base_seed = int(torch.initial_seed())
-        if self._rng is None or self._rng.device != self.device:
-            self._rng = torch.Generator(device=self.device)
-        self._rng.manual_seed(step_seed(self._base_seed, self._global_rank(), self.iteration))
 
     # ------------------------------------------------------------------------------ generator inputs
     def sample_z(self, n: int) -> torch.Tensor:
@@ -462,4 +433,4 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["StyleGAN2Core", "lazy_adam_kwargs", "step_seed", "count_parameters"]
+__all__ = ["StyleGAN2Core", "lazy_adam_kwargs", "count_parameters"]

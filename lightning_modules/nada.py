@@ -48,7 +48,8 @@ import torch
 from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor, nn
 
-from lightning_modules.gan import MEAN_W_SAMPLES, MEAN_W_SEED, step_seed
+from lightning_modules.gan import MEAN_W_SAMPLES, MEAN_W_SEED
+from lightning_modules.seeding import IterationRandomness
 from lightning_modules.nada_layers import (candidate_layers, check_mapping, code_movement, layers_for_codes,
                                            set_trainable, top_codes, w_plus_sgd)
 from losses.clip import CLIPLossEnsemble, DirectionalCLIPLoss
@@ -216,7 +217,7 @@ class _DropMessage(logging.Filter):
 # the module
 
 
-class NADAModule(pl.LightningModule):
+class NADAModule(IterationRandomness, pl.LightningModule):
     """StyleGAN-NADA (spec nada_expansion.md Part A).
 
     Args:
@@ -368,26 +369,6 @@ class NADAModule(pl.LightningModule):
         return self
 
     # ------------------------------------------------------------------------------ randomness
-    def _world_size(self) -> int:
-        return self._trainer.world_size if self._trainer is not None else 1
-
-    def _global_rank(self) -> int:
-        return self._trainer.global_rank if self._trainer is not None else 0
-
-    @property
-    def rng(self) -> torch.Generator:
-        """Generator of the current iteration, seeded from ``(seed, global rank, iteration)``."""
-        if self._rng is None or self._rng.device != self.device:
-            self.reseed()
-        return self._rng
-
-    def reseed(self) -> None:
-        if self._base_seed is None:
-            self._base_seed = int(torch.initial_seed())
-        if self._rng is None or self._rng.device != self.device:
-            self._rng = torch.Generator(device=self.device)
-        self._rng.manual_seed(step_seed(self._base_seed, self._global_rank(), self.iteration))
-
     def sample_noise(self, n: int) -> list[Tensor]:
         """Fresh per-layer noise maps ``[n, 1, r, r]`` (each generator call draws its own, §A14.4)."""
         return [torch.randn(n, 1, *b.shape[-2:], device=self.device, generator=self.rng)
