@@ -13,30 +13,7 @@ from torch.utils.data import DataLoader
 from lightning_modules.ema import ema_beta, make_ema, update_ema
 from lightning_modules.gan import StyleGAN2Core, lazy_adam_kwargs
 from lightning_modules.stylegan2 import StyleGAN2Module
-
-TINY = {"resolution": 16, "style_dim": 32, "n_mlp": 2, "channels": {4: 32, 8: 32, 16: 16}}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one intra-op thread avoids oversubscription on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class RandomImages(pl.LightningDataModule):
-    """``batches`` fixed batches of random images in [-1, 1], in order."""
-
-    def __init__(self, batches: int = 2, batch_size: int = 4, size: int = 16):
-        super().__init__()
-        gen = torch.Generator().manual_seed(123)
-        self.images = torch.rand(batches * batch_size, 3, size, size, generator=gen) * 2 - 1
-        self.batch_size = batch_size
-
-    def train_dataloader(self):
-        return DataLoader(self.images, batch_size=self.batch_size, shuffle=False, drop_last=True)
+from tests.helpers_gan import TINY, RandomImages, one_thread  # noqa: F401 (autouse fixture)
 
 
 def tiny_module(**kwargs) -> StyleGAN2Module:
@@ -113,7 +90,7 @@ def test_kimg_counting_lazy_phases_and_total_kimg():
         return original(opt, phase, *args)
 
     module._phase = recording
-    trainer(max_epochs=10).fit(module, RandomImages(batches=2))
+    trainer(max_epochs=10).fit(module, RandomImages(n=8, seed=123))
     assert module.nimg == 20 and module.kimg == pytest.approx(0.020) and module.iteration == 5
     assert [i for i, p in phases if p == "D_reg"] == [0, 2, 4]
     assert [i for i, p in phases if p == "G_reg"] == [0, 3]
@@ -124,7 +101,7 @@ def test_kimg_counting_lazy_phases_and_total_kimg():
 def test_ema_tracks_generator_during_training():
     module = tiny_module(ema_kimg=0.004)  # beta = 0.5 per batch of 4
     g_ema_before = [p.clone() for p in module.g_ema.parameters()]
-    trainer(max_steps=2).fit(module, RandomImages(batches=1))  # one iteration = 2 optimizer steps
+    trainer(max_steps=2).fit(module, RandomImages(n=4, seed=123))  # one iteration = 2 optimizer steps
     # after one iteration: p_ema = 0.5 * p_ema0 + 0.5 * p1
     for e0, e1, p1 in zip(g_ema_before, module.g_ema.parameters(), module.generator.parameters()):
         torch.testing.assert_close(e1, 0.5 * e0 + 0.5 * p1)
@@ -149,14 +126,14 @@ def test_nan_guard_raises_with_phase_and_kimg():
     module = tiny_module()
     module.discriminator.register_forward_hook(lambda mod, inp, out: out * float("nan"))
     with pytest.raises(FloatingPointError, match=r"non-finite loss in phase D_main at kimg 0\.000"):
-        trainer(max_steps=2).fit(module, RandomImages(batches=1))
+        trainer(max_steps=2).fit(module, RandomImages(n=4, seed=123))
 
 
 def test_nan_guard_catches_non_finite_gradients():
     module = tiny_module()
     module.discriminator.final_linear[1].weight.register_hook(lambda g: g * float("inf"))
     with pytest.raises(FloatingPointError, match="non-finite gradients in phase D_main"):
-        trainer(max_steps=2).fit(module, RandomImages(batches=1))
+        trainer(max_steps=2).fit(module, RandomImages(n=4, seed=123))
 
 
 def test_nan_guard_skip_leaves_weights_unchanged():
@@ -165,7 +142,7 @@ def test_nan_guard_skip_leaves_weights_unchanged():
     before = {k: v.clone() for k, v in [*module.generator.state_dict().items(),
                                         *(("d." + k, v) for k, v in module.discriminator.state_dict().items())]}
     with pytest.warns(RuntimeWarning, match="optimizer step skipped"):
-        trainer(max_epochs=1).fit(module, RandomImages(batches=1))  # skipped steps do not count in max_steps
+        trainer(max_epochs=1).fit(module, RandomImages(n=4, seed=123))  # skipped steps do not count in max_steps
     after = {**module.generator.state_dict(), **{"d." + k: v for k, v in module.discriminator.state_dict().items()}}
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert module.nan_skips == 3  # D_main, D_reg, G_main
@@ -173,16 +150,16 @@ def test_nan_guard_skip_leaves_weights_unchanged():
 
 def test_resume_equals_uninterrupted_run(tmp_path):
     full, rec_full = tiny_module(r1_interval=2, pl_interval=2), LossRecorder()
-    trainer(max_epochs=4, callbacks=[rec_full]).fit(full, RandomImages(batches=2))
+    trainer(max_epochs=4, callbacks=[rec_full]).fit(full, RandomImages(n=8, seed=123))
 
     first = tiny_module(r1_interval=2, pl_interval=2)
     t1 = trainer(max_epochs=2)
-    t1.fit(first, RandomImages(batches=2))
+    t1.fit(first, RandomImages(n=8, seed=123))
     t1.save_checkpoint(tmp_path / "half.ckpt")
 
     torch.manual_seed(99)  # a different global RNG state must not matter
     resumed, rec_resumed = StyleGAN2Module(**TINY, seed=0, r1_interval=2, pl_interval=2), LossRecorder()
-    trainer(max_epochs=4, callbacks=[rec_resumed]).fit(resumed, RandomImages(batches=2),
+    trainer(max_epochs=4, callbacks=[rec_resumed]).fit(resumed, RandomImages(n=8, seed=123),
                                                        ckpt_path=tmp_path / "half.ckpt")
     assert resumed.nimg == full.nimg == 32 and resumed.iteration == 8
     assert len(rec_resumed.history) == 4 and [row.keys() for row in rec_resumed.history] == \
@@ -208,7 +185,7 @@ def test_ddp_two_processes_end_with_identical_parameters(tmp_path):
     module = tiny_module(r1_interval=2, pl_interval=2)
     t = trainer(devices=2, strategy="ddp_fork_find_unused_parameters_true", max_epochs=2,
                 callbacks=[SaveState(tmp_path)])
-    t.fit(module, RandomImages(batches=4))  # 2 batches per rank per epoch
+    t.fit(module, RandomImages(n=16, seed=123))  # 2 batches per rank per epoch
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     initial = tiny_module(r1_interval=2, pl_interval=2).state_dict()
     assert rank0.keys() == rank1.keys()
@@ -223,7 +200,7 @@ def test_bf16_mixed_runs_finite_with_fp32_penalties():
     dtypes = set()
     module.discriminator.register_forward_hook(lambda mod, inp, out: dtypes.add(out.dtype))
     recorder = LossRecorder()
-    trainer(precision="bf16-mixed", max_steps=4, callbacks=[recorder]).fit(module, RandomImages(batches=2))
+    trainer(precision="bf16-mixed", max_steps=4, callbacks=[recorder]).fit(module, RandomImages(n=8, seed=123))
     assert {torch.bfloat16, torch.float32} <= dtypes  # main phases in bf16, R1 in fp32
     assert recorder.history and all(math.isfinite(v) for row in recorder.history for v in row.values())
     assert {"loss/D_reg", "loss/G_reg"} <= set(recorder.history[-1])
@@ -232,7 +209,7 @@ def test_bf16_mixed_runs_finite_with_fp32_penalties():
 
 def test_fp16_precision_is_refused():
     with pytest.raises(ValueError, match="use bf16-mixed"):
-        trainer(precision="16-true", max_steps=2).fit(tiny_module(), RandomImages(batches=1))
+        trainer(precision="16-true", max_steps=2).fit(tiny_module(), RandomImages(n=4, seed=123))
 
 
 def test_core_validates_arguments():

@@ -15,27 +15,7 @@ from callbacks.samples import SampleGridCallback
 from metrics.features import quantize
 from lightning_modules.stylegan2 import StyleGAN2Module
 from models.sampler import Sampler, latent_sampler
-
-TINY = {"resolution": 16, "style_dim": 32, "n_mlp": 2, "channels": {4: 32, 8: 32, 16: 16}}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one intra-op thread avoids oversubscription on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class RandomImages(pl.LightningDataModule):
-    def __init__(self, n: int = 16, batch_size: int = 4):
-        super().__init__()
-        self.images = torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
-        self.batch_size = batch_size
-
-    def train_dataloader(self):
-        return DataLoader(self.images, batch_size=self.batch_size, drop_last=True)
+from tests.helpers_gan import TINY, RandomImages, one_thread  # noqa: F401 (autouse fixture)
 
 
 class RandomnessHungry(pl.LightningModule):
@@ -65,7 +45,7 @@ def test_fit_writes_grids_per_interval_and_latest(tmp_path):
     module.run_dir = tmp_path
     callback = SampleGridCallback(every_kimg=0.008, n=4, seed=7)
     pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-               enable_progress_bar=False, enable_model_summary=False, callbacks=[callback]).fit(module, RandomImages())
+               enable_progress_bar=False, enable_model_summary=False, callbacks=[callback]).fit(module, RandomImages(n=16))
     # start (kimg 0), after 8 and 16 images (2 and 4 batches of 4), and the end of training
     for name in ("ema", "ema_trunc"):
         files = sorted(p.name for p in (tmp_path / "samples" / name).iterdir())

@@ -9,28 +9,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from lightning_modules.stylegan2 import StyleGAN2Module
+from tests.helpers_gan import TINY, RandomImages, one_thread  # noqa: F401 (autouse fixture)
 
-TINY = {"resolution": 16, "style_dim": 32, "n_mlp": 2, "channels": {4: 32, 8: 32, 16: 16}}
 FIXTURE = Path(__file__).parent / "fixtures" / "rosinality_tiny.pt"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one intra-op thread avoids oversubscription on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class RandomImages(pl.LightningDataModule):
-    def __init__(self, n: int = 8, batch_size: int = 4, size: int = 16):
-        super().__init__()
-        self.images = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1
-        self.batch_size = batch_size
-
-    def train_dataloader(self):
-        return DataLoader(self.images, batch_size=self.batch_size, drop_last=True)
 
 
 def fast_dev_run(module, datamodule, **kwargs):
