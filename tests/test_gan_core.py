@@ -8,7 +8,6 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from lightning_modules.ema import ema_beta, make_ema, update_ema
 from lightning_modules.gan import StyleGAN2Core, lazy_adam_kwargs

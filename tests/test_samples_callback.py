@@ -9,7 +9,6 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader
 
 from callbacks.samples import SampleGridCallback
 from metrics.features import quantize

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
 
 from lightning_modules.stylegan2 import StyleGAN2Module
 from tests.helpers_gan import TINY, RandomImages, one_thread  # noqa: F401 (autouse fixture)
