@@ -99,7 +99,8 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
     print(f"# MixDL vs StyleGAN2 training iteration on {name}, torch {torch.__version__}, fp32, "
-          f"batch {args.batch}, cm={args.channel_multiplier}, width {args.width}, mean of {args.iters} iterations after a warm-up")
+          f"batch {args.batch}, cm={args.channel_multiplier}, width {args.width}, "
+          f"mean of {args.iters} iterations after a warm-up")
     header = (f"{'size':>5} {'method':>9} | {'all ms':>9} {'img/s':>7} | {'mixup ms':>9} {'img/s':>7} | "
               f"{'plain ms':>9} {'img/s':>7}")
     print(header)

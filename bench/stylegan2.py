@@ -105,7 +105,8 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
     print(f"# StyleGAN2 backbone benchmark on {name}, torch {torch.__version__}, cm={args.channel_multiplier}")
-    header = f"{'size':>5} {'batch':>5} {'modconv':>9} {'prec':>5} | {'G infer ms':>10} {'img/s':>8} | {'G+D step ms':>11} {'img/s':>8}"
+    header = (f"{'size':>5} {'batch':>5} {'modconv':>9} {'prec':>5} | {'G infer ms':>10} {'img/s':>8} | "
+              f"{'G+D step ms':>11} {'img/s':>8}")
     print(header)
     print("-" * len(header))
     for size in args.sizes:
@@ -114,7 +115,8 @@ def main() -> None:
                 for fused in (True, False):
                     r = bench_case(size, batch, fused, bf16, device, args.iters, args.channel_multiplier)
                     print(f"{r['size']:>5} {r['batch']:>5} {r['modconv']:>9} {r['precision']:>5} | "
-                          f"{r['infer_ms']:>10.1f} {r['infer_ips']:>8.2f} | {r['train_ms']:>11.1f} {r['train_ips']:>8.2f}",
+                          f"{r['infer_ms']:>10.1f} {r['infer_ips']:>8.2f} | "
+                          f"{r['train_ms']:>11.1f} {r['train_ips']:>8.2f}",
                           flush=True)
 
 

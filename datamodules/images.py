@@ -172,7 +172,7 @@ class ImageDataset(Dataset):
                 x = to_signed_float(self.store.get(name))
                 return x.flip(-1) if flip else x
             except UnreadableImage as exc:
-                warnings.warn(f"skipping unreadable image {name} ({exc})", UnreadableImageWarning)
+                warnings.warn(f"skipping unreadable image {name} ({exc})", UnreadableImageWarning, stacklevel=2)
         raise RuntimeError(f"none of the {n} training images in {self.store.source.location} could be decoded")
 
 

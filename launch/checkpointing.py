@@ -80,7 +80,7 @@ class KimgCheckpoint(Checkpoint):
 
     @staticmethod
     def _kimg(pl_module: "pl.LightningModule") -> float:
-        return float(getattr(pl_module, "kimg"))
+        return float(pl_module.kimg)
 
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         if stage == "fit" and self.every_kimg is not None and not hasattr(pl_module, "kimg"):

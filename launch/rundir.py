@@ -75,7 +75,8 @@ def prepare_run_dir(run_dir: Path, config: dict, mode: str) -> None:
     """Create ``checkpoints/`` and ``samples/`` and write the resolved config (rank zero only).
 
     Fitting writes ``config.yaml``; an existing ``config.yaml`` with other settings (a resume with
-    changed settings; ``ckpt_path`` alone does not count) is kept as ``config.<timestamp>.yaml``. Validation/testing write ``config.<mode>.yaml``.
+    changed settings; ``ckpt_path`` alone does not count) is kept as ``config.<timestamp>.yaml``.
+    Validation/testing write ``config.<mode>.yaml``.
     """
     from lightning_fabric.utilities.rank_zero import rank_zero_only
     if getattr(rank_zero_only, "rank", 0) != 0:

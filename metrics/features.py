@@ -195,8 +195,8 @@ def required_assets(spec: str) -> list[str]:
 
 def build_extractor(spec: str, device: torch.device | str = "cpu", resize: str | None = None) -> FeatureExtractor:
     """Extractor from a config string: ``inception`` (clean-fid Inception), ``clip:<open_clip model>``
-    (e.g. ``clip:ViT-B-32``, OpenAI weights via the asset registry; ``clip:<model>@<asset|path>``) or ``package.module:factory``
-    (a callable returning an ``nn.Module`` or a :class:`FeatureExtractor`)."""
+    (e.g. ``clip:ViT-B-32``, OpenAI weights via the asset registry; ``clip:<model>@<asset|path>``) or
+    ``package.module:factory`` (a callable returning an ``nn.Module`` or a :class:`FeatureExtractor`)."""
     if spec in ("inception", INCEPTION_ASSET):
         return inception_extractor(device=device, resize=resize or "clean")
     if spec.startswith("clip:"):

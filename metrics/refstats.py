@@ -212,7 +212,7 @@ def _cmd_compute(args, cache: ReferenceStatsCache) -> int:
 
 def _cmd_verify(args, cache: ReferenceStatsCache) -> int:
     bad = 0
-    for path, meta, err in cache.entries():
+    for path, _meta, err in cache.entries():
         print(f"{'OK     ' if err is None else 'CORRUPT'} {path.name}" + (f"  ({err})" if err else ""))
         bad += err is not None
     if args.data or args.toy:

@@ -124,7 +124,7 @@ class MetricSuite:
         memo: dict[tuple, FeatureStats] = {}
         capture = self._capture_plan(samplers)
         out: list[MetricValue] = []
-        for name, spec in self.specs.items():
+        for _name, spec in self.specs.items():
             targets = self._targets(spec, samplers)
             runner = getattr(self, f"_run_{spec.kind}")
             out.extend(runner(spec, samplers, targets, reference_fn, memo, capture))
@@ -297,7 +297,8 @@ class MetricSuite:
             offset = 0
             for batch in progress(ref.batches(self.batch_size), -(-n // self.batch_size), f"reconstruction {name}",
                                   self.show_progress):
-                idx = [i for i in range(offset, offset + batch.shape[0]) if i < n and i % ddp.world_size() == ddp.rank()]
+                idx = [i for i in range(offset, offset + batch.shape[0])
+                       if i < n and i % ddp.world_size() == ddp.rank()]
                 if idx:
                     target = batch[[i - offset for i in idx]]
                     scores = reconstruction_scores(dist, render_uint8(samplers[name], idx, spec.seed), target)

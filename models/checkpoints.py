@@ -1,4 +1,5 @@
-"""Load, convert and export StyleGAN2 checkpoints (spec stylegan2_backbone.md §0, §3, §4, §5, §10; DESIGN.md contract 2).
+"""Load, convert and export StyleGAN2 checkpoints (spec stylegan2_backbone.md §0, §3, §4, §5, §10;
+DESIGN.md contract 2).
 
 ``load(path)`` reads every supported format into one :class:`LoadedCheckpoint` with constructed
 ``models.stylegan2`` networks (weights loaded strictly, eval mode):

@@ -55,8 +55,8 @@ class LevelsMapper(nn.Module):
         if w_plus.dim() != 3 or w_plus.shape[1:] != (self.n_latent, self.style_dim):
             raise ValueError(f"expected W+ [B, {self.n_latent}, {self.style_dim}], got {tuple(w_plus.shape)}")
         parts = []
-        for (level, (start, stop)), mapper in zip(LEVELS.items(), (self.course_mapping, self.medium_mapping,
-                                                                   self.fine_mapping)):
+        for (_level, (start, stop)), mapper in zip(LEVELS.items(), (self.course_mapping, self.medium_mapping,
+                                                                    self.fine_mapping)):
             codes = w_plus[:, start:stop]
             if codes.shape[1] == 0:
                 continue

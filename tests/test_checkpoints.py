@@ -94,12 +94,15 @@ def test_key_table_of_spec_4_5(raw):
     for key, value in pairs:
         assert torch.equal(nv[key], value), key
     nd = to_nvidia_state_dict(d, "D")
-    for key, value in [("b32.fromrgb.weight", d["convs.0.0.weight"]), ("b32.conv0.weight", d["convs.1.conv1.0.weight"]),
-                       ("b16.conv1.weight", d["convs.2.conv2.1.weight"]), ("b16.skip.weight", d["convs.2.skip.1.weight"]),
+    for key, value in [("b32.fromrgb.weight", d["convs.0.0.weight"]),
+                       ("b32.conv0.weight", d["convs.1.conv1.0.weight"]),
+                       ("b16.conv1.weight", d["convs.2.conv2.1.weight"]),
+                       ("b16.skip.weight", d["convs.2.skip.1.weight"]),
                        ("b8.conv0.bias", d["convs.3.conv1.1.bias"]), ("b4.conv.weight", d["final_conv.0.weight"]),
                        ("b4.fc.weight", d["final_linear.0.weight"])]:
         assert torch.equal(nd[key], value), key
-    assert torch.equal(nd["b16.conv1.resample_filter"], torch.tensor([1., 3, 3, 1]).outer(torch.tensor([1., 3, 3, 1])) / 64)
+    assert torch.equal(nd["b16.conv1.resample_filter"],
+                       torch.tensor([1., 3, 3, 1]).outer(torch.tensor([1., 3, 3, 1])) / 64)
 
 
 @pytest.mark.parametrize("size,cm,n_mlp", [(256, 1, 8), (256, 1, 2), (512, 2, 8), (1024, 2, 8)])
@@ -272,7 +275,8 @@ def test_tf_pickle_flips_conv0_up_and_adds_mod_bias(tmp_path, raw, ref):
     ckpt = load(path, networks=("g_ema", "d"))
     assert torch.allclose(render(ckpt.g_ema, ref["z"]), ref["img"], atol=1e-4)
     with pytest.raises(UnsupportedModelError, match="conditional"):
-        read(write_tf_pickle(tmp_path / "c.pkl", raw["g_ema"], raw["d"], raw["latent_avg"], g_kwargs={"label_size": 10}))
+        read(write_tf_pickle(tmp_path / "c.pkl", raw["g_ema"], raw["d"], raw["latent_avg"],
+                             g_kwargs={"label_size": 10}))
 
 
 # ------------------------------------------------------------------------------------------------ safety

@@ -171,7 +171,8 @@ def test_wandb_offline_run_holds_metric_keys_and_protocols(tmp_path):
 def test_missing_asset_fails_before_training(tmp_path):
     cb = MetricsCallback(metrics={"fid": {"num_gen": 8}}, every_kimg=0.004, progress=False)  # Inception
     module = TinyGAN()
-    with pytest.raises(MissingMetricAsset, match="(?s)metric 'fid' cannot run.*inception-2015-12-05.*models.assets fetch.*optional: true"):
+    with pytest.raises(MissingMetricAsset,
+                       match="(?s)metric 'fid' cannot run.*inception-2015-12-05.*models.assets fetch.*optional: true"):
         trainer(tmp_path, [cb]).fit(module, datamodule=TinyData())
     assert module.steps_seen == 0
 
@@ -186,7 +187,8 @@ def test_optional_metric_with_missing_asset_is_skipped_with_one_warning(tmp_path
     assert len(messages) == 1 and "python -m models.assets fetch inception-2015-12-05" in messages[0]
     assert module.steps_seen == 8 and cb.skipped == {"fid": "inception-2015-12-05"}
     keys = {json.loads(line)["key"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()}
-    assert keys == {"lpips_diversity3@lpips-alex-randtrunk@none/ema", "lpips_diversity3@lpips-alex-randtrunk@none/source"}
+    assert keys == {"lpips_diversity3@lpips-alex-randtrunk@none/ema",
+                    "lpips_diversity3@lpips-alex-randtrunk@none/source"}
 
 
 @pytest.mark.parametrize("metrics, match", [

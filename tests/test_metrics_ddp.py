@@ -36,7 +36,8 @@ def evaluate() -> dict[str, float]:
                         show_progress=False, extractors={"standin": standin_extractor(resize="none")})
     suite._lpips[("alex", "random", None)] = LPIPSDistance(model, name, sha, None, 1)
     samplers = {"ema": tiny_sampler(seed=1, size=32), "other": tiny_sampler(seed=2, size=32, offset=0.3)}
-    values = suite.evaluate(samplers, lambda which: tensor_reference(ref_images[:3] if which == "train" else ref_images))
+    values = suite.evaluate(samplers,
+                            lambda which: tensor_reference(ref_images[:3] if which == "train" else ref_images))
     return {v.key: v.value for v in values}
 
 

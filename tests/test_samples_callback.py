@@ -44,7 +44,8 @@ def test_fit_writes_grids_per_interval_and_latest(tmp_path):
     module.run_dir = tmp_path
     callback = SampleGridCallback(every_kimg=0.008, n=4, seed=7)
     pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-               enable_progress_bar=False, enable_model_summary=False, callbacks=[callback]).fit(module, RandomImages(n=16))
+               enable_progress_bar=False, enable_model_summary=False,
+               callbacks=[callback]).fit(module, RandomImages(n=16))
     # start (kimg 0), after 8 and 16 images (2 and 4 batches of 4), and the end of training
     for name in ("ema", "ema_trunc"):
         files = sorted(p.name for p in (tmp_path / "samples" / name).iterdir())

@@ -91,7 +91,8 @@ def from_tf_variables(tf_vars: Mapping[str, np.ndarray], kind: str = "G") -> dic
     if kind == "D":
         where = "TF discriminator"
         if any(re.fullmatch(r"FromRGB_lod\d+/.*", k) for k in tf_vars):
-            raise UnsupportedModelError(f"{where}: FromRGB_lod* variables: architecture 'orig', only 'resnet' is supported")
+            raise UnsupportedModelError(f"{where}: FromRGB_lod* variables: architecture 'orig', "
+                                        "only 'resnet' is supported")
         size = _tf_sizes(tf_vars, r"(\d+)x\d+/FromRGB/weight", where)
         out = {"convs.0.0.weight": _tf_weight(tf_vars, f"{size}x{size}/FromRGB/weight", where),
                "convs.0.1.bias": copy_tensor(take_tensor(tf_vars, f"{size}x{size}/FromRGB/bias", where))}
@@ -99,7 +100,8 @@ def from_tf_variables(tf_vars: Mapping[str, np.ndarray], kind: str = "G") -> dic
             r = size // 2 ** (k - 1)
             src, dst = f"{r}x{r}", f"convs.{k}"
             if f"{src}/Skip/weight" not in tf_vars:
-                raise UnsupportedModelError(f"{where}: no {src}/Skip/weight: only the 'resnet' architecture is supported")
+                raise UnsupportedModelError(f"{where}: no {src}/Skip/weight: "
+                                            "only the 'resnet' architecture is supported")
             out[f"{dst}.conv1.0.weight"] = _tf_weight(tf_vars, f"{src}/Conv0/weight", where)
             out[f"{dst}.conv1.1.bias"] = copy_tensor(take_tensor(tf_vars, f"{src}/Conv0/bias", where))
             out[f"{dst}.conv2.0.kernel"] = resample_filter()
