@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -147,8 +148,9 @@ def test_resume_continues_wandb_run_rng_and_weights(tmp_path: Path):
     assert b["global_step"] == 6 and all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     # one W&B run, continued: both launches wrote into the run id stored in the checkpoint
     assert first_id and b["styleshift"]["wandb_run_id"] == first_id
-    runs = sorted(p.name for p in (part / "wandb").glob("offline-run-*"))  # one per launch, unless same second
-    assert runs and all(name.endswith(first_id) for name in runs)
+    # one offline dir per launch: offline-run-<date>_<time>-<id>, with "-1" appended when both share a second
+    runs = sorted(p.name for p in (part / "wandb").glob("offline-run-*"))
+    assert runs and all(re.fullmatch(rf"offline-run-\d+_\d+-{re.escape(first_id)}(-\d+)?", n) for n in runs)
     assert [r["kind"] for r in read_jsonl(part / "metrics.jsonl")].count("resume") == 1
     # max_steps changed on resume: the first launch's config is kept beside the new one
     (backup,) = part.glob("config.2*.yaml")
