@@ -35,7 +35,8 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 
 from lightning_modules.gan import MEAN_W_SAMPLES, MEAN_W_SEED
-from lightning_modules.nada import DTYPES, _Held, build_clip, check_assets, load_source_generator, parse_clip_models
+from lightning_modules.nada_setup import (DTYPES, _Held, build_clip, check_assets, load_source_generator,
+                                          parse_clip_models)
 from losses.clip import global_clip_loss
 from models.clip import CLIPModel
 from models.identity import load_arcface

@@ -15,7 +15,8 @@ from torchvision.transforms import functional as TF
 
 import lightning_modules.nada as nada
 from datamodules.latents import LatentDataModule
-from lightning_modules.nada import MissingAssetsError, NADAModule
+from lightning_modules.nada import NADAModule
+from lightning_modules.nada_setup import MissingAssetsError
 from lightning_modules.nada_layers import (code_movement, eligible_codes, layers_for_codes, top_codes,
                                            w_plus_sgd)
 from models import checkpoints
