@@ -29,3 +29,14 @@ class RandomImages(pl.LightningDataModule):
 
     def train_dataloader(self):
         return DataLoader(self.images, batch_size=self.batch_size, shuffle=False, drop_last=True)
+
+
+class SaveState(pl.Callback):
+    """Writes each rank's final state dict to ``folder/rank{r}.pt`` (DDP equality tests)."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def on_train_end(self, trainer, pl_module):
+        torch.save({k: v.detach().clone() for k, v in pl_module.state_dict().items()},
+                   self.folder / f"rank{trainer.global_rank}.pt")

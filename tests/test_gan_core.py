@@ -12,7 +12,7 @@ from torch import nn
 from lightning_modules.ema import ema_beta, make_ema, update_ema
 from lightning_modules.gan import StyleGAN2Core, lazy_adam_kwargs
 from lightning_modules.stylegan2 import StyleGAN2Module
-from tests.helpers_gan import TINY, RandomImages, one_thread  # noqa: F401 (autouse fixture)
+from tests.helpers_gan import TINY, RandomImages, SaveState, one_thread  # noqa: F401 (autouse fixture)
 
 
 def tiny_module(**kwargs) -> StyleGAN2Module:
@@ -170,14 +170,6 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     for key in full_sd:
         torch.testing.assert_close(resumed_sd[key], full_sd[key], rtol=0, atol=1e-6, msg=key)
 
-
-class SaveState(pl.Callback):
-    def __init__(self, folder):
-        self.folder = folder
-
-    def on_train_end(self, trainer, pl_module):
-        torch.save({k: v.detach().clone() for k, v in pl_module.state_dict().items()},
-                   self.folder / f"rank{trainer.global_rank}.pt")
 
 
 def test_ddp_two_processes_end_with_identical_parameters(tmp_path):

@@ -7,15 +7,7 @@ from torch import nn
 
 from losses.adversarial import (d_logistic_loss, g_nonsaturating_loss, path_length_penalty,
                                 path_lengths, r1_penalty, update_pl_mean)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one intra-op thread avoids oversubscription on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.helpers_gan import one_thread  # noqa: F401 (autouse fixture)
 
 
 def _softplus(x):

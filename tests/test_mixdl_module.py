@@ -13,18 +13,11 @@ from lightning_modules.mixdl import MixDLModule
 from lightning_modules.mixdl_step import path_latents
 from models.mixup import uniform_coefficients
 from models.sampler import seeded_normal
+from tests.helpers_gan import SaveState, one_thread  # noqa: F401 (autouse fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"resolution": 16, "style_dim": 32, "n_mlp": 2, "channels": {4: 32, 8: 32, 16: 16},
         "patch_resolutions": (16, 8, 4), "interpolation_steps": 4}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny(**kwargs) -> MixDLModule:
@@ -266,14 +259,6 @@ def test_mixdl_configs_validate(name):
 
 
 # ---------------------------------------------------------------------------------------------- DDP
-class SaveState(pl.Callback):
-    def __init__(self, folder):
-        self.folder = folder
-
-    def on_train_end(self, trainer, pl_module):
-        torch.save({k: v.detach().clone() for k, v in pl_module.state_dict().items()},
-                   self.folder / f"rank{trainer.global_rank}.pt")
-
 
 def test_ddp_ranks_end_with_identical_parameters(tmp_path):
     """Ranks draw different z, alpha and patch heads; DDP averages the gradients of all three optimizers."""
