@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datamodules.toy import ToyDataModule  # noqa: E402
 from launch.config import compose, to_container  # noqa: E402
 from lightning_modules.mixdl import MixDLModule  # noqa: E402
-from lightning_modules.mixdl_step import w_interpolation_sampler  # noqa: E402
+from models.sampler import w_interpolation_sampler  # noqa: E402
 from lightning_modules.stylegan2 import StyleGAN2Module  # noqa: E402
 from metrics.lpips_family import LPIPSDistance, intra_cluster_lpips, load_lpips  # noqa: E402
 from metrics.memorization import nearest_training_lpips  # noqa: E402

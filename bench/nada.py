@@ -46,7 +46,7 @@ def run_case(args: dict, queue) -> None:
 
     torch.set_num_threads(args["threads"])
     device = torch.device(args["device"])
-    module = NADAModule(generator={"size": args["resolution"], "channel_multiplier": args["channel_multiplier"]},
+    module = NADAModule(generator={"resolution": args["resolution"], "channel_multiplier": args["channel_multiplier"]},
                         target_text="sketch", clip_models=[CLIPS[args["clip"]]],
                         templates=["a photo of a {}.", "a sketch of a {}."],
                         auto_layer_iters=1 if args["selection"] else 0, auto_layer_batch=args["selection_batch"],

@@ -83,7 +83,6 @@ def execute(prep: Prepared) -> int:
     try:
         pl.seed_everything(config["seed"], workers=True)
         module = plan.method_cls(**plan.model_kwargs)
-        module.run_dir = run_dir
         datamodule = plan.datamodule_cls(**plan.data_kwargs)
         writer = CheckpointWriter(run_dir / CHECKPOINT_DIR)
         callbacks, interrupt = build_callbacks(prep, writer)

@@ -40,63 +40,51 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from lightning_modules.mixdl_step import OptimizerGroup, trainable, w_interpolation_sampler
+from lightning_modules.base import OptimizerGroup
+from lightning_modules.config_groups import GANSettings, GeneratorSpec
 from lightning_modules.stylegan2 import StyleGAN2Module
-from losses.adversarial import d_logistic_loss, g_nonsaturating_loss, r1_penalty
+from losses.adversarial import d_logistic_loss, g_nonsaturating_loss
 from losses.mixdl import (D_KL_WEIGHT, G_KL_WEIGHT, REDUCTIONS, d_distance_loss, g_distance_loss,
                           sample_feature_layers)
 from models.mixdl_heads import DistanceProjectionHead, PatchHeads, patch_logits, penultimate_features
+from models.frozen import trainable
 from models.mixup import make_coefficient_sampler, mix_latents
-from models.sampler import Sampler, latent_sampler
+from models.sampler import Sampler, latent_sampler, w_interpolation_sampler
 
 #: rosinality's fixed EMA decay 0.5 ** (32 / 10_000) per step, expressed for batch 4 (spec §2.3).
 MIXDL_EMA_KIMG = 10.0 * 4 / 32
 
 
 class MixDLModule(StyleGAN2Module):
-    """MixDL (spec idinvert_mixdl.md §2.10) on the shared StyleGAN2 core.
+    """MixDL on the shared StyleGAN2 core.
 
-    Architecture and StyleGAN2 training arguments: see :class:`StyleGAN2Module` (defaults are the released
+    ``generator`` and ``gan`` groups: see :class:`StyleGAN2Module`; the defaults are the released
     ``train_mixdl.py``: 256 px config-f, Adam 0.002 with lazy-regularization correction, R1 10 every 16,
-    path length 2 every 4, style mixing 0.9 on plain iterations, EMA 0.5 ** (32 / 10k) per step at batch 4).
+    path length 2 every 4, style mixing 0.9 on plain iterations, EMA 0.5 ** (32 / 10k) per step at batch 4.
 
     MixDL arguments:
         mixup_every: a mixup iteration when ``iteration % mixup_every == 0`` (2; 0 = never).
         coefficients: ``"dirichlet"``, ``"gaussian"`` (softmax of N(0, 1)) or ``"uniform"`` (row-normalised U(0, 1)).
         concentration: Dirichlet concentration (``1 / dir_div`` of the released code; 1 = uniform on the simplex).
-        g_distance, d_distance: G-side (§2.4) and D-side (§2.5) distance losses on / off.
+        g_distance, d_distance: G-side and D-side distance losses on / off.
         g_kl_weight, d_kl_weight: their weights (``kl_wt = 1000``, ``d_kl_wt = 1``).
         kl_reduction: ``"mean"`` (released ``nn.KLDivLoss()``: sum / B^2), ``"batchmean"`` or ``"sum"``.
         patch_resolutions: sizes of the intermediate D maps the 4 patch heads read ((32, 16) at 256 px;
             tiny 16-32 px networks use (16, 8) or (16, 8, 4)).
-        diffaugment: DiffAugment policy applied to every image D sees (None = off, the paper's default).
         interpolation_steps: segments per path of the ``interpolation`` sampler (10: step 0.1 as MixDL's
             ``ppl_uniformity.py``).
     """
 
-    def __init__(self, resolution: int | None = 256, style_dim: int | None = None,
-                 n_mlp: int | None = None, channel_multiplier: int | None = None,
-                 channels: Mapping[int, int] | None = None, lr_mlp: float = 0.01,
-                 conv_clamp: float | None = None, mbstd_group_size: int | None = 4,
-                 checkpoint: str | None = None,
-                 g_lr: float = 0.002, d_lr: float = 0.002, betas: Sequence[float] = (0.0, 0.99),
-                 r1_gamma: float = 10.0, r1_interval: int = 16, pl_weight: float = 2.0,
-                 pl_interval: int = 4, pl_batch_shrink: int = 2, pl_decay: float = 0.01,
-                 mixing_prob: float = 0.9, ema_kimg: float = MIXDL_EMA_KIMG, ema_rampup: float | None = None,
-                 total_kimg: float | None = None, nan_policy: str = "raise", seed: int | None = None,
+    gan_defaults = GANSettings(ema_kimg=MIXDL_EMA_KIMG)
+    generator_defaults = GeneratorSpec(resolution=256)
+
+    def __init__(self, generator: GeneratorSpec | Mapping[str, Any] | str | None = None,
+                 gan: GANSettings | Mapping[str, Any] | None = None, *,
                  mixup_every: int = 2, coefficients: str = "dirichlet", concentration: float = 1.0,
                  g_distance: bool = True, d_distance: bool = True, g_kl_weight: float = G_KL_WEIGHT,
                  d_kl_weight: float = D_KL_WEIGHT, kl_reduction: str = "mean",
-                 patch_resolutions: Sequence[int] = (32, 16), diffaugment: str | None = None,
-                 interpolation_steps: int = 10):
-        super().__init__(resolution=resolution, style_dim=style_dim, n_mlp=n_mlp,
-                         channel_multiplier=channel_multiplier, channels=channels, lr_mlp=lr_mlp,
-                         conv_clamp=conv_clamp, mbstd_group_size=mbstd_group_size, checkpoint=checkpoint,
-                         g_lr=g_lr, d_lr=d_lr, betas=betas, r1_gamma=r1_gamma, r1_interval=r1_interval,
-                         pl_weight=pl_weight, pl_interval=pl_interval, pl_batch_shrink=pl_batch_shrink,
-                         pl_decay=pl_decay, mixing_prob=mixing_prob, ema_kimg=ema_kimg,
-                         ema_rampup=ema_rampup, total_kimg=total_kimg, nan_policy=nan_policy, seed=seed,
-                         diffaugment=diffaugment)
+                 patch_resolutions: Sequence[int] = (32, 16), interpolation_steps: int = 10, **base: Any):
+        super().__init__(generator=generator, gan=gan, **base)
         if int(mixup_every) != mixup_every or mixup_every < 0:
             raise ValueError(f"mixup_every must be an integer >= 0 (0 = never), got {mixup_every}")
         if kl_reduction not in REDUCTIONS:
@@ -116,7 +104,7 @@ class MixDLModule(StyleGAN2Module):
             raise ValueError(f"interpolation_steps must be an integer >= 1, got {interpolation_steps}")
         self.interpolation_steps = int(interpolation_steps)
 
-        # CDC's ``Extra`` (spec §2.2) and MixDL's ``sim_linear`` (spec §2.5).
+        # CDC's ``Extra`` and MixDL's ``sim_linear``
         self.patch_heads = PatchHeads.for_discriminator(self.discriminator, self.patch_resolutions)
         self.distance_head = DistanceProjectionHead(self.discriminator.channels[4])
         self.save_hyperparameters()
@@ -176,13 +164,8 @@ class MixDLModule(StyleGAN2Module):
         return loss, logs
 
     def mixup_discriminator_reg(self, real: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Lazy R1 on the mean patch logit of a random head, in fp32 (spec §2.3 "Regularisers")."""
-        with self.fp32():
-            x = self._full(real.detach()).requires_grad_(True)
-            logits = self.patch_logits(x).flatten(1).mean(1, keepdim=True)
-            penalty = r1_penalty(logits, x)
-            loss = penalty * (self.r1_gamma / 2 * self.r1_interval) + 0 * logits[0, 0]
-        return loss, {"loss/D_reg": loss, "reg/r1_penalty": penalty}
+        """Lazy R1 on the mean patch logit of a random head (MixDL's regulariser on the patch D)."""
+        return self.lazy_r1(lambda x: self.patch_logits(x).flatten(1).mean(1, keepdim=True), real)
 
     def mixup_generator_loss(self, real: torch.Tensor, coeffs: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """G step of a mixup iteration: patch-level adversarial loss on mixes + G-side distance (§2.3, §2.4)."""
@@ -210,30 +193,29 @@ class MixDLModule(StyleGAN2Module):
         self.reseed()
         logs: dict[str, torch.Tensor] = {}
         mixup = self.is_mixup_iteration()
-        r1_now = self.r1_gamma > 0 and self.iteration % self.r1_interval == 0
-        pl_now = self.pl_weight > 0 and self.iteration % self.pl_interval == 0
+        r1_now, pl_now = self.r1_due(), self.pl_due()
 
         with trainable(d_side, [self.generator]):
             if mixup:
                 coeffs = self.mixing_coefficients(real.shape[0])
                 d_opts = OptimizerGroup(opt_d, opt_patch)
-                self._phase(d_opts, "D_main", self.mixup_discriminator_loss, logs, real, coeffs)
+                self.step(d_opts, "D_main", self.mixup_discriminator_loss, logs, real, coeffs)
                 if r1_now:
-                    self._phase(d_opts, "D_reg", self.mixup_discriminator_reg, logs, real)
+                    self.step(d_opts, "D_reg", self.mixup_discriminator_reg, logs, real)
             else:
                 with torch.no_grad():
                     fake, _ = self.generate(real.shape[0])
-                self._phase(opt_d, "D_main", self.discriminator_loss, logs, real, fake)
+                self.step(opt_d, "D_main", self.discriminator_loss, logs, real, fake)
                 if r1_now:
-                    self._phase(opt_d, "D_reg", self.discriminator_reg, logs, real)
+                    self.step(opt_d, "D_reg", self.discriminator_reg, logs, real)
         with trainable([self.generator], d_side):
             if mixup:
-                self._phase(opt_g, "G_main", self.mixup_generator_loss, logs, real, coeffs)
+                self.step(opt_g, "G_main", self.mixup_generator_loss, logs, real, coeffs)
             else:
-                self._phase(opt_g, "G_main", self.generator_loss, logs, real)
+                self.step(opt_g, "G_main", self.generator_loss, logs, real)
             if pl_now:
-                self._phase(opt_g, "G_reg", self.generator_reg, logs, real)
-        self.end_iteration(real, logs)
+                self.step(opt_g, "G_reg", self.generator_reg, logs, real)
+        self.end_iteration(real.shape[0], logs)
 
     # ------------------------------------------------------------------------------ optimizers
     def configure_optimizers(self):
@@ -246,6 +228,10 @@ class MixDLModule(StyleGAN2Module):
         return [opt_g, opt_d, opt_patch]
 
     # ------------------------------------------------------------------------------ sampling
+    def metric_samplers(self) -> dict[str, list[str]]:
+        """Latent smoothness runs on the W paths of ``interpolation``."""
+        return {"latent_smoothness": ["interpolation"]}
+
     def samplers(self) -> dict[str, Sampler]:
         """``ema`` (EMA generator, random z, stored noise) and ``interpolation`` (W paths, strips)."""
         device = lambda: self.device  # noqa: E731 - follows the module across devices

@@ -13,15 +13,16 @@ iteration (§A3), as :meth:`NADAModule.training_step` runs it:
    (:mod:`losses.clip`), or an image-guided direction (§A7, ``target_images``);
 5. Adam (lr ``0.002 · 4/5``, betas ``(0, 0.99^0.8)``, §A6) steps ``G_train``'s selected layers.
 
-Networks (§A2, §C1): both generators come from one checkpoint (anything ``models.checkpoints.load`` reads:
-a path or a registered asset name) or, for offline toy runs, from ``generator`` constructor arguments and a
-fixed seed. ``G_frozen`` is held outside the module tree (as the CLIP models are): it is in no optimizer, not
-in the checkpoint, never in train mode, and follows the module's device moves. The mapping network of
+Networks (§A2, §C1): both generators come from the ``model.generator`` group - a checkpoint (anything
+``models.checkpoints.load`` reads: a path or a registered asset name) or, for offline toy runs, the
+architecture of a random generator (``init_seed`` 0 by default). ``G_frozen`` is a frozen network of the
+module (``models.frozen``, as the CLIP models are): in no optimizer, not in the checkpoint, never in train
+mode, and it follows the module's device moves. The mapping network of
 ``G_train`` and its ToRGBs after ``to_rgb1`` are never trained.
 
 Samplers (DESIGN.md contract 3): ``source`` (G_frozen) and ``adapted`` (G_train) render the *same* z with
 the same stored noise, for side-by-side grids and the alignment/direction metrics. At the end of ``fit`` the
-adapted generator is exported (rosinality format) to ``run_dir/generator.pt``.
+adapted generator is exported (rosinality format) to ``<run dir>/generator.pt``.
 
 Memory levers (§A12), cheapest first: ``auto_layer_iters: 0`` (no selection pass, the largest saving),
 a smaller ``auto_layer_batch``, a single CLIP model in ``clip_models``, ``clip_dtype: float16`` (GPU only; the
@@ -39,19 +40,18 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor, nn
 
-from lightning_modules.gan import MEAN_W_SAMPLES, MEAN_W_SEED
-from lightning_modules.seeding import IterationRandomness
-from lightning_modules.nada_setup import (DTYPES, _Held, build_clip, check_assets, load_source_generator,
-                                          parse_clip_models)
+from lightning_modules.base import MethodModule
+from lightning_modules.config_groups import GeneratorSpec, coerce_group
 from lightning_modules.nada_layers import (candidate_layers, check_mapping, code_movement, layers_for_codes,
-                                           set_trainable, top_codes, w_plus_sgd)
+                                           top_codes)
+from lightning_modules.nada_setup import DTYPES, build_clip, check_assets, parse_clip_models
 from losses.clip import CLIPLossEnsemble, DirectionalCLIPLoss
 from models.clip import PREPROCESSING
+from models.frozen import requires_grad
+from models.latent_optim import w_plus_sgd
 from models.sampler import Sampler, latent_sampler, seeded_normal
 from models.stylegan2 import Generator
 
@@ -62,18 +62,13 @@ REFERENCE_LR = 0.002 * 4 / 5  # rosinality's lazy-regularization ratio left in t
 REFERENCE_BETAS = (0.0, 0.99 ** (4 / 5))
 
 
-# ----------------------------------------------------------------------------------------------------------
-# the module
-
-
-class NADAModule(IterationRandomness, pl.LightningModule):
+class NADAModule(MethodModule):
     """StyleGAN-NADA (spec nada_expansion.md Part A).
 
     Args:
-        checkpoint: source generator, a file in any format ``models.checkpoints.load`` reads or a registered
-            asset name (``stylegan2-ffhq-1024``). Exclusive with ``generator``.
-        generator: ``models.stylegan2.Generator`` keyword arguments of a random generator (offline toy runs),
-            built under ``torch.manual_seed(generator_seed)``.
+        generator: the source generator, the ``model.generator`` group: a checkpoint (a file in any format
+            ``models.checkpoints.load`` reads or a registered asset name, ``stylegan2-ffhq-1024``) or the
+            architecture of a random generator for offline toy runs (``init_seed`` 0 unless given).
         source_text, target_text: the domain texts of the directional loss (``"photo"`` -> ``"sketch"``).
         target_images: folder of a few target images: image-guided mode (§A7); the texts are then ignored
             by the directional loss.
@@ -95,11 +90,17 @@ class NADAModule(IterationRandomness, pl.LightningModule):
         lr, betas: Adam settings (reference: ``0.002 · 4/5``, ``(0, 0.99^0.8)``).
         mixing: style-mixing probability (reference and README: 0).
         sample_truncation: psi of the ``source`` / ``adapted`` samplers (toward the mean W of 4096 fixed z).
-        seed: base seed of the per-iteration randomness (None: ``torch.initial_seed()`` at setup).
+        **base: ``seed``, ``nan_policy``, ``total_kimg`` (:class:`~lightning_modules.base.MethodModule`).
     """
 
-    def __init__(self, checkpoint: str | None = None, generator: Mapping[str, Any] | None = None,
-                 generator_seed: int = 0, source_text: str = "photo", target_text: str | None = None,
+    product_file = "generator.pt"
+    supported_precisions = SUPPORTED_PRECISIONS
+    precision_note = "the generators stay fp32"
+    #: a random toy generator is seeded, so both copies and every run start from the same weights
+    generator_defaults = GeneratorSpec(init_seed=0)
+
+    def __init__(self, generator: GeneratorSpec | Mapping[str, Any] | str | None = None, *,
+                 source_text: str = "photo", target_text: str | None = None,
                  target_images: str | None = None, image_guided_samples: int = 16,
                  clip_models: Sequence[Mapping[str, Any]] | None = None, clip_preprocessing: str = "reference",
                  clip_dtype: str = "float32", templates: bool | Sequence[str] = True,
@@ -108,9 +109,8 @@ class NADAModule(IterationRandomness, pl.LightningModule):
                  auto_layer_iters: int = 1, auto_layer_batch: int = 8, auto_layer_lr: float = 0.01,
                  layer_mapping: str = "reference", selection_text: str | None = None,
                  lr: float = REFERENCE_LR, betas: Sequence[float] = REFERENCE_BETAS, mixing: float = 0.0,
-                 sample_truncation: float = 1.0, seed: int | None = None):
-        super().__init__()
-        self.automatic_optimization = False
+                 sample_truncation: float = 1.0, **base: Any):
+        super().__init__(**base)
         self.save_hyperparameters()
         clip_entries = parse_clip_models(clip_models)
         self._check_options(target_text, target_images, clip_preprocessing, clip_dtype, layer_mapping,
@@ -119,11 +119,12 @@ class NADAModule(IterationRandomness, pl.LightningModule):
         if target_text is None and (lambda_global or lambda_patch or lambda_manifold):
             raise ValueError("lambda_global / lambda_patch / lambda_manifold use the target text: set "
                              "model.target_text as well")
-        check_assets([checkpoint] + [e["pretrained"] for e in clip_entries])
+        spec = coerce_group(GeneratorSpec, generator, "model.generator", self.generator_defaults)
+        check_assets([spec.checkpoint] + [e["pretrained"] for e in clip_entries])
 
-        source = load_source_generator(checkpoint, generator, generator_seed)
-        self._frozen = _Held(source.requires_grad_(False).eval())
+        source = spec.generator()
         self.g_train = copy.deepcopy(source).train()
+        self.hold("g_frozen", source)
         self.source_text, self.target_text, self.target_images = source_text, target_text, target_images
         self.image_guided_samples = int(image_guided_samples)
         self.selection_text = selection_text if selection_text is not None else target_text
@@ -131,7 +132,7 @@ class NADAModule(IterationRandomness, pl.LightningModule):
         self.auto_layer_k = int(self.g_train.n_latent if auto_layer_k is None else auto_layer_k)
         self.auto_layer_lr, self.layer_mapping = float(auto_layer_lr), layer_mapping
         self.lr, self.betas = float(lr), tuple(float(b) for b in betas)
-        self.mixing, self.sample_truncation, self.seed = float(mixing), float(sample_truncation), seed
+        self.mixing, self.sample_truncation = float(mixing), float(sample_truncation)
 
         dtype = DTYPES[clip_dtype]
         losses = [DirectionalCLIPLoss(build_clip(e, clip_preprocessing, dtype), source_text,
@@ -148,11 +149,6 @@ class NADAModule(IterationRandomness, pl.LightningModule):
 
         self._trainable_pool = self._initial_trainable()
         self.selected_codes: list[int] | None = None
-        self.nimg, self.iteration = 0, 0
-        self.run_dir: Path | None = None
-        self._base_seed: int | None = seed
-        self._rng: torch.Generator | None = None
-        self._mean_w: Tensor | None = None
 
     @staticmethod
     def _check_options(target_text, target_images, clip_preprocessing, clip_dtype, layer_mapping, auto_layer_k,
@@ -182,40 +178,18 @@ class NADAModule(IterationRandomness, pl.LightningModule):
             raise ValueError(f"sample_truncation must be in (0, 1], got {sample_truncation}")
 
     # ------------------------------------------------------------------------------ networks
-    @property
-    def g_frozen(self) -> Generator:
-        """The frozen source generator (not a submodule: not saved, not optimized, always in eval mode)."""
-        return self._frozen.module
-
-    def _apply(self, fn, recurse: bool = True):
-        """Device/dtype moves of the module also move the frozen generator."""
-        super()._apply(fn, recurse)
-        self.g_frozen._apply(fn)
-        self._mean_w = None
-        return self
-
     def _initial_trainable(self) -> list[nn.Module]:
         """§A2: selection on -> ``[conv1, to_rgb1, *convs]`` (re-chosen every step); off -> const input,
         ``conv1`` and every conv. The mapping and the other ToRGBs are never trained."""
         g = self.g_train
         g.requires_grad_(False)
         pool = candidate_layers(g) if self.auto_layer_iters > 0 else [g.input, g.conv1, *g.convs]
-        set_trainable(pool, pool)
+        requires_grad(pool, True)
         return pool
 
     @property
     def z_dim(self) -> int:
         return int(self.g_train.style_dim)
-
-    @property
-    def kimg(self) -> float:
-        """Thousands of latents trained on, all ranks together (drives the sample/metric callbacks)."""
-        return self.nimg / 1000.0
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.g_frozen.eval()
-        return self
 
     # ------------------------------------------------------------------------------ randomness
     def sample_noise(self, n: int) -> list[Tensor]:
@@ -267,7 +241,8 @@ class NADAModule(IterationRandomness, pl.LightningModule):
         if self._world_size() > 1:  # every rank must train the same layers
             scores = self.trainer.strategy.reduce(scores, reduce_op="mean")
         codes = top_codes(scores, self.auto_layer_k, self.layer_mapping, len(g.convs))
-        set_trainable(self._trainable_pool, layers_for_codes(g, codes, self.layer_mapping))
+        requires_grad(self._trainable_pool, False)
+        requires_grad(layers_for_codes(g, codes, self.layer_mapping), True)
         self.selected_codes = codes
         return codes
 
@@ -283,14 +258,9 @@ class NADAModule(IterationRandomness, pl.LightningModule):
     def image_guided_source_images(self) -> Tensor:
         """The generated source images of the image-guided direction (§A7): ``image_guided_samples`` seeded z
         (stream ``seed``), psi = 1, stored noise, no clamp (the reference's CLIP input is not clamped)."""
-        z = seeded_normal(range(self.image_guided_samples), int(self._seed_value()), self.z_dim).to(self.device)
+        z = seeded_normal(range(self.image_guided_samples), self.base_seed, self.z_dim).to(self.device)
         images, _ = self.g_frozen([z], randomize_noise=False)
         return images
-
-    def _seed_value(self) -> int:
-        if self._base_seed is None:
-            self._base_seed = int(torch.initial_seed())
-        return self._base_seed
 
     def ensure_image_direction(self) -> None:
         """Image-guided mode: compute ``ΔT = n(mean n(E_I(targets)) - mean n(E_I(P(G(z)))))`` per CLIP model
@@ -315,74 +285,40 @@ class NADAModule(IterationRandomness, pl.LightningModule):
         return super().load_state_dict(*args, **kwargs)
 
     # ------------------------------------------------------------------------------ Lightning
-    def nada_iteration(self, z: Tensor, optimizer: torch.optim.Optimizer, backward=None) -> Tensor:
-        """One iteration of §A3 on latents ``z``: [layer selection], CLIP loss, Adam step. ``backward``
-        defaults to ``loss.backward()`` (Lightning passes ``manual_backward``). Returns the detached loss."""
+    def clip_step_loss(self, z: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss of one step and its logs (:meth:`adaptation_loss`)."""
+        loss, _, _ = self.adaptation_loss(z)
+        return loss, {"loss/clip": loss}
+
+    def nada_iteration(self, z: Tensor, optimizer: torch.optim.Optimizer, logs: dict | None = None) -> Tensor | None:
+        """One iteration of §A3 on latents ``z``: [layer selection], CLIP loss, Adam step (the base's ``step``:
+        NaN policy, backward). Returns the detached loss (None when a non-finite step was skipped)."""
         if self.auto_layer_iters > 0:
             self.select_layers()
-        loss, _, _ = self.adaptation_loss(z)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite CLIP loss {loss.item()} at iteration {self.iteration} "
-                                     f"(kimg {self.kimg:.3f})")
-        optimizer.zero_grad(set_to_none=True)  # frozen layers keep grad None: Adam leaves them untouched (§C1)
-        (backward or Tensor.backward)(loss)
-        optimizer.step()
-        return loss.detach()
+        # zero_grad(set_to_none): frozen layers keep grad None, so Adam leaves them untouched (§C1)
+        return self.step(optimizer, "G_main", self.clip_step_loss, {} if logs is None else logs, z)
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> None:
         self.reseed()
         self.ensure_image_direction()
         z = self.latents_from_batch(batch)
-        loss = self.nada_iteration(z, self.optimizers(), self.manual_backward)
-        self.nimg += z.shape[0] * self._world_size()
-        self.iteration += 1
-        logs = {"loss/clip": loss}
+        logs: dict[str, Tensor] = {}
+        self.nada_iteration(z, self.optimizers(), logs)
         if self.selected_codes is not None:
             logs["nada/layers_trained"] = torch.tensor(float(len(layers_for_codes(
                 self.g_train, self.selected_codes, self.layer_mapping))))
-        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=z.shape[0])
-        self.log("kimg", self.kimg, prog_bar=True, on_step=True, on_epoch=False, batch_size=z.shape[0])
-        return loss
+        self.end_iteration(z.shape[0], logs)
 
     def configure_optimizers(self):
         params = [p for layer in self._trainable_pool for p in layer.parameters()]
         return torch.optim.Adam(params, lr=self.lr, betas=self.betas, eps=1e-8, weight_decay=0.0)
 
-    def setup(self, stage: str) -> None:
-        if stage == "fit" and str(self.trainer.precision) not in SUPPORTED_PRECISIONS:
-            raise ValueError(f"precision {self.trainer.precision!r} is not supported by NADA; use one of "
-                             f"{SUPPORTED_PRECISIONS} (generators stay fp32, §C1)")
-        self._seed_value()
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        """No-op: metric callbacks evaluate the samplers."""
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        """No-op: metric callbacks evaluate the samplers."""
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["nada"] = {"nimg": self.nimg, "iteration": self.iteration, "base_seed": self._base_seed}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint.get("nada")
-        if state is None:
-            raise KeyError("checkpoint has no 'nada' state: it was not written by NADAModule")
-        self.nimg, self.iteration, self._base_seed = int(state["nimg"]), int(state["iteration"]), state["base_seed"]
-
     # ------------------------------------------------------------------------------ sampling and export
-    @torch.no_grad()
-    def mean_w(self) -> Tensor:
-        """Mean W of the (frozen, shared) mapping over 4096 fixed z, ``[1, style_dim]`` (truncation centre)."""
-        if self._mean_w is None:
-            z = torch.randn(MEAN_W_SAMPLES, self.z_dim, generator=torch.Generator().manual_seed(MEAN_W_SEED))
-            self._mean_w = self.g_frozen.style(z.to(self.device)).mean(0, keepdim=True)
-        return self._mean_w
-
     def render(self, generator: Generator, z: Tensor) -> Tensor:
         """Images in [-1, 1] of ``generator`` for ``z`` through the frozen mapping, stored noise, psi =
         ``sample_truncation``."""
         w = self.g_frozen.style(z.to(self.device))
-        kwargs = ({"truncation": self.sample_truncation, "truncation_latent": self.mean_w()}
+        kwargs = ({"truncation": self.sample_truncation, "truncation_latent": self.mean_w(self.g_frozen)}
                   if self.sample_truncation < 1 else {})
         images, _ = generator([w], input_is_latent=True, randomize_noise=False, **kwargs)
         return images.clamp(-1, 1)
@@ -393,7 +329,7 @@ class NADAModule(IterationRandomness, pl.LightningModule):
         return {"source": latent_sampler(lambda z: self.render(self.g_frozen, z), self.z_dim, device),
                 "adapted": latent_sampler(lambda z: self.render(self.g_train, z), self.z_dim, device)}
 
-    def export_generator(self, path: str | Path) -> Path:
+    def export(self, path: Path) -> Path:
         """Write the adapted generator as a rosinality-compatible ``.pt`` (``g_ema`` = G_train, as the
         reference's output; ``latent_avg`` = :meth:`mean_w`) readable by ``models.checkpoints.load``."""
         from models import checkpoints
@@ -401,15 +337,8 @@ class NADAModule(IterationRandomness, pl.LightningModule):
         info = {"source_text": self.source_text, "target_text": self.target_text,
                 "target_images": None if self.target_images is None else str(self.target_images),
                 "iterations": int(self.iteration)}
-        return checkpoints.save(Path(path), g_ema=self.g_train, latent_avg=self.mean_w().squeeze(0).cpu(),
+        return checkpoints.save(Path(path), g_ema=self.g_train, latent_avg=self.mean_w(self.g_frozen).squeeze(0).cpu(),
                                 nada=info)
-
-    @rank_zero_only
-    def on_fit_end(self) -> None:
-        if self.run_dir is None:
-            return
-        path = self.export_generator(Path(self.run_dir) / "generator.pt")
-        log.info("adapted %d iterations (%.3f kimg); generator exported to %s", self.iteration, self.kimg, path)
 
 
 __all__ = ["NADAModule"]

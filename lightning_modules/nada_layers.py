@@ -4,10 +4,10 @@ Every training iteration, before the generator step:
 
 1. a fresh batch of W codes is broadcast to W+ and copied into a leaf tensor ``w+``;
 2. ``iters`` plain SGD steps (lr 0.01) move ``w+`` down the *global* CLIP loss of the trainable generator's
-   images with the raw target text (:func:`w_plus_sgd`);
+   images with the raw target text (``models.latent_optim.w_plus_sgd``);
 3. each W+ index ``i`` is scored by ``mean_{batch, channels} |w+_i - w+_i,init|`` (:func:`code_movement`);
 4. the top-k indices are mapped to generator layers (:func:`layers_for_codes`) and only those train this
-   step (:func:`set_trainable`).
+   step (``models.frozen.requires_grad``).
 
 Gradients of step 2 are taken with respect to ``w+`` only (``torch.autograd.grad``), so the generator never
 accumulates parameter gradients there (the reference un-freezes every layer and leaves gradients behind that
@@ -24,7 +24,7 @@ Index -> layer mappings (§A5 step 7 and its [analysis] off-by-one):
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -89,32 +89,5 @@ def top_codes(scores: Tensor, k: int, mapping: str, n_convs: int) -> list[int]:
     return [eligible[i] for i in order]
 
 
-def w_plus_sgd(synthesize: Callable[[Tensor], Tensor], loss_fn: Callable[[Tensor], Tensor], w_plus_init: Tensor,
-               lr: float = 0.01, iters: int = 1) -> Tensor:
-    """``iters`` SGD steps ``w+ <- w+ - lr * dL/dw+`` on ``L = loss_fn(synthesize(w+))`` (§A5 step 4).
-
-    ``synthesize`` maps W+ ``[B, n_latent, D]`` to images; gradients are taken with respect to ``w+`` only.
-    Returns the moved, detached ``w+``.
-    """
-    w_plus = w_plus_init.detach().clone()
-    with torch.enable_grad():  # validation/inference contexts may wrap the step (§C1 "Precision")
-        for _ in range(int(iters)):
-            leaf = w_plus.requires_grad_(True)
-            loss = loss_fn(synthesize(leaf))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"global CLIP loss of the layer selection is not finite: {loss.item()}")
-            (grad,) = torch.autograd.grad(loss, [leaf])
-            w_plus = (leaf - lr * grad).detach()
-    return w_plus
-
-
-def set_trainable(parameters_of: Sequence[nn.Module], chosen: Sequence[nn.Module]) -> None:
-    """Freeze every layer in ``parameters_of``, then unfreeze ``chosen`` (§A5 step 8)."""
-    for layer in parameters_of:
-        layer.requires_grad_(False)
-    for layer in chosen:
-        layer.requires_grad_(True)
-
-
 __all__ = ["LAYER_MAPPINGS", "candidate_layers", "eligible_codes", "layers_for_codes", "code_movement",
-           "top_codes", "w_plus_sgd", "set_trainable"]
+           "top_codes"]

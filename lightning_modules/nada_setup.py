@@ -1,5 +1,4 @@
-"""Start-up helpers of StyleGAN-NADA (spec nada_expansion.md Part A): pretrained-asset checks, the source
-generator (§A2), and the CLIP models of the loss (§A2, §A12; README command §D1). Used by
+"""Start-up helpers of StyleGAN-NADA: pretrained-asset checks and the CLIP models of the loss. Used by
 :class:`lightning_modules.nada.NADAModule` and the latent mapper (§A8, :mod:`lightning_modules.nada_mapper`).
 """
 from __future__ import annotations
@@ -13,10 +12,8 @@ from typing import Any, Mapping, Sequence
 
 import open_clip
 import torch
-from torch import nn
 
 from models.clip import OPENAI_ASSETS, CLIPModel
-from models.stylegan2 import Generator
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +26,6 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 class MissingAssetsError(FileNotFoundError):
     """Pretrained files a run needs are not in the cache; the message lists each one and how to get it."""
-
-
-class _Held:
-    """Plain container: what it holds is not a submodule of its owner (not saved, not optimized)."""
-
-    def __init__(self, module: nn.Module):
-        self.module = module
 
 
 def check_assets(names: Sequence[Any], what: str = "StyleGAN-NADA") -> None:
@@ -52,38 +42,6 @@ def check_assets(names: Sequence[Any], what: str = "StyleGAN-NADA") -> None:
     if missing:
         raise MissingAssetsError(f"{what} needs {len(missing)} pretrained file(s) that are not available "
                                  f"(nothing is downloaded automatically):\n\n" + "\n\n".join(missing))
-
-
-def _generator_kwargs(generator: Mapping[str, Any]) -> dict[str, Any]:
-    kwargs = dict(generator)
-    if kwargs.get("channels") is not None:
-        kwargs["channels"] = {int(k): int(v) for k, v in dict(kwargs["channels"]).items()}
-    if "blur_kernel" in kwargs:
-        kwargs["blur_kernel"] = tuple(kwargs["blur_kernel"])
-    return kwargs
-
-
-def load_source_generator(checkpoint: str | None, generator: Mapping[str, Any] | None,
-                          generator_seed: int = 0) -> Generator:
-    """The source generator (eval mode): ``g_ema`` (else ``g``) of ``checkpoint``, or a random generator built
-    from the ``generator`` keyword arguments under ``torch.manual_seed(generator_seed)`` (offline toy runs)."""
-    if (checkpoint is None) == (generator is None):
-        raise ValueError("give exactly one of model.checkpoint (path or asset name of a pretrained generator) "
-                         "and model.generator (Generator arguments of a random toy generator)")
-    if checkpoint is not None:
-        from models import checkpoints
-
-        loaded = checkpoints.load(checkpoint, networks=("g_ema", "g"))
-        source = loaded.g_ema if loaded.g_ema is not None else loaded.g
-        if source is None:
-            raise ValueError(f"checkpoint {checkpoint!r} holds no generator")
-        return source.eval()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(generator_seed))
-        try:
-            return Generator(**_generator_kwargs(generator)).eval()
-        except TypeError as err:
-            raise ValueError(f"model.generator: {err}") from None
 
 
 def register_open_clip_config(name: str, config: Mapping[str, Any]) -> None:
@@ -167,5 +125,5 @@ class _DropMessage(logging.Filter):
         return self.text not in record.getMessage()
 
 
-__all__ = ["DTYPES", "DEFAULT_CLIP_MODELS", "MissingAssetsError", "check_assets", "load_source_generator",
-           "parse_clip_models", "build_clip", "register_open_clip_config"]
+__all__ = ["DTYPES", "DEFAULT_CLIP_MODELS", "MissingAssetsError", "check_assets", "parse_clip_models", "build_clip",
+           "register_open_clip_config"]

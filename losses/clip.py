@@ -246,3 +246,23 @@ class CLIPLossEnsemble(nn.Module):
             target_images = load_target_images(target_images)
         for _, loss in self.active():
             loss.set_direction(image_guided_direction(loss.clip, source_images, target_images))
+def styleclip_preprocess(images: Tensor, size: int) -> Tensor:
+    """StyleCLIP's CLIP input (StyleCLIP): nearest x7 upsampling, then average pooling to ``size`` x ``size``.
+
+    For a 1024 px image and CLIP's 224 this is exactly the reference's ``AvgPool2d(kernel=1024 // 32)``.
+    """
+    return F.adaptive_avg_pool2d(F.interpolate(images, scale_factor=7, mode="nearest"), (size, size))
+
+
+def encode_styleclip(clip: CLIPModel, images: Tensor) -> Tensor:
+    """Unnormalized CLIP image embeddings ``[B, D]`` (fp32) of generator images through :func:`styleclip_preprocess`."""
+    pixels = styleclip_preprocess(images.float(), clip.image_size).to(clip.device, clip.dtype)
+    with torch.autocast(device_type=pixels.device.type, enabled=False):
+        return clip.model.encode_image(pixels).float()
+
+
+def norm_loss(emb_source: Tensor, emb_edited: Tensor) -> Tensor:
+    """``L_norm = MSE(‖e(x)‖, ‖e(x')‖)`` over the batch (StyleGAN-NADA's latent mapper)."""
+    return F.mse_loss(emb_edited.norm(dim=-1), emb_source.norm(dim=-1))
+
+

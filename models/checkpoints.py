@@ -21,6 +21,7 @@ Loading never executes code from the file. CLI::
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -43,10 +44,11 @@ from models.checkpoint_formats.safe_unpickle import TORCH_LEGACY_MAGIC, restrict
 from models.checkpoint_formats.torch_files import NETWORK_KEYS, STYLESHIFT_KEY, read_torch_object, torch_load
 
 __all__ = ["LoadedCheckpoint", "StyleGANConfig", "CheckpointError", "UnsafeCheckpointError", "UnsupportedModelError",
-           "load", "read", "save", "build_generator", "build_discriminator", "to_nvidia_state_dict",
+           "load", "load_generator", "read", "save", "build_generator", "build_discriminator", "to_nvidia_state_dict",
            "from_nvidia_state_dict", "from_tf_variables", "infer_config", "rosinality_channel_table"]
 
 _ZIP_MAGIC = b"PK\x03\x04"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -171,6 +173,28 @@ def load(path: str | os.PathLike, map_location: Any = "cpu",
         latent_avg = latent_avg.detach().float()
         latent_avg = latent_avg.to(device) if device is not None else latent_avg
     return LoadedCheckpoint(latent_avg=latent_avg, config=raw.config, extra=raw.extra, path=Path(path), **built)
+
+
+GENERATOR_KEYS = ("g_ema", "g")
+
+
+def load_generator(name_or_path: str | os.PathLike, which: str = "g_ema", map_location: Any = "cpu") -> nn.Module:
+    """The one pretrained generator of a checkpoint (a file or a registered asset name), in eval mode.
+
+    ``which="g_ema"`` (the usual product of training) falls back to ``g`` when the file has no EMA copy, and
+    ``which="g"`` to ``g_ema``; the fallback is logged. A file without any generator is a ``CheckpointError``.
+    """
+    if which not in GENERATOR_KEYS:
+        raise ValueError(f"which must be one of {GENERATOR_KEYS}, got {which!r}")
+    other = GENERATOR_KEYS[1 - GENERATOR_KEYS.index(which)]
+    loaded = load(name_or_path, map_location, networks=GENERATOR_KEYS)
+    generator = getattr(loaded, which)
+    if generator is None:
+        generator = getattr(loaded, other)
+        if generator is None:
+            raise CheckpointError(f"{name_or_path}: the checkpoint holds no generator (neither g_ema nor g)")
+        log.warning("%s has no %r generator: using %r", name_or_path, which, other)
+    return generator.eval()
 
 
 # ----------------------------------------------------------------------------------------------------------

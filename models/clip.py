@@ -39,6 +39,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from models.clip_templates import IMAGENET_TEMPLATES, fill
+from models.frozen import HoldsFrozen
 
 PREPROCESSING = ("reference", "antialias")
 
@@ -136,14 +137,7 @@ def tokenizer_for(arch: str):
     return open_clip.get_tokenizer(arch)
 
 
-class _Held:
-    """Plain container: what it holds is not a submodule of the module that owns the container."""
-
-    def __init__(self, module: nn.Module):
-        self.module = module
-
-
-class CLIPModel(nn.Module):
+class CLIPModel(HoldsFrozen):
     """A frozen open_clip model with NADA's image and text encoding (spec §A4, §C1).
 
     Args:
@@ -172,9 +166,7 @@ class CLIPModel(nn.Module):
         if preprocessing not in PREPROCESSING:
             raise ValueError(f"preprocessing must be one of {PREPROCESSING}, got {preprocessing!r}")
         model = load_open_clip(name, pretrained, quick_gelu)
-        model.requires_grad_(False).eval()
-        model.to(device=device, dtype=dtype)
-        self._held = _Held(model)
+        self.hold("model", model.to(device=device), dtype=dtype)  # the open_clip model, frozen (models.frozen)
         self.name, self.pretrained, self.preprocessing, self.dtype = name, pretrained, preprocessing, dtype
         self.tokenizer = tokenizer_for(name.replace("/", "-"))
         size = model.visual.image_size
@@ -188,29 +180,18 @@ class CLIPModel(nn.Module):
         self.std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
         self._pil_transform = image_transform_v2(PreprocessCfg(**cfg), is_train=False) if cfg else None
         self._text_cache: dict[tuple, Tensor] = {}
-        self.train(False)
+        self.eval()
 
     # -- frozen, outside the owner -------------------------------------------------------------------
-    @property
-    def model(self) -> nn.Module:
-        """The wrapped open_clip model (not a submodule)."""
-        return self._held.module
+    always_eval = True  # a frozen network itself: ``trainer.fit`` calls ``train()`` on the owner
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def train(self, mode: bool = True) -> "CLIPModel":
-        """Stays in eval mode whatever ``mode`` is: ``trainer.fit`` calls ``train()`` on the owner."""
-        super().train(False)
-        self.model.eval()
-        return self
-
     def _apply(self, fn, recurse: bool = True):
-        """Forward the owner's device moves to the held model and the text cache; keep ``self.dtype``."""
+        """Device moves also move the cached text embeddings (the held model moves with the base class)."""
         super()._apply(fn, recurse)
-        self.model._apply(fn)
-        self.model.to(dtype=self.dtype)
         self._text_cache = {k: fn(v).float() for k, v in self._text_cache.items()}
         return self
 

@@ -1,4 +1,4 @@
-"""The sampler contract (DESIGN.md contract 3): named, deterministic image sources.
+"""The sampler contract: named, deterministic image sources (docs/adding_a_method.md, "Samplers").
 
 A :class:`Sampler` renders image ``i`` of a stream identified by ``seed`` the same way on every
 machine and every rank: the latent of image ``i`` is drawn from ``numpy.random.RandomState(seed + i)``
@@ -12,6 +12,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 RenderFn = Callable[[Sequence[int], int], torch.Tensor]
 
@@ -60,3 +61,60 @@ def latent_sampler(generate: Callable[[torch.Tensor], torch.Tensor], z_dim: int,
         return generate(z)
 
     return Sampler(render=render, kind=kind)
+
+
+def path_latents(generator: nn.Module, indices: Sequence[int], seed: int, frames_per_path: int) -> torch.Tensor:
+    """W [len(indices), style_dim] of frames ``indices`` of stream ``seed``.
+
+    Frame ``i`` lies on path ``p = i // frames_per_path`` at ``t = (i % frames_per_path) / (frames_per_path - 1)``:
+    ``w = lerp(w_a, w_b, t)`` with ``w_a, w_b`` the mapped latents of images ``2p`` and ``2p + 1`` of the
+    seeded stream (``models.sampler.seeded_normal``), so every frame is a pure function of ``(i, seed)``.
+    """
+    if frames_per_path < 2:
+        raise ValueError(f"a path needs at least 2 frames, got {frames_per_path}")
+    paths = sorted({int(i) // frames_per_path for i in indices})
+    ends = [k for p in paths for k in (2 * p, 2 * p + 1)]
+    device = next(generator.parameters()).device
+    w = generator.style(seeded_normal(ends, seed, generator.style_dim).to(device))
+    w_a, w_b = w[0::2], w[1::2]
+    row = {p: r for r, p in enumerate(paths)}
+    which = torch.tensor([row[int(i) // frames_per_path] for i in indices], device=device)
+    t = torch.tensor([(int(i) % frames_per_path) / (frames_per_path - 1) for i in indices],
+                     device=device, dtype=w.dtype).unsqueeze(1)
+    return torch.lerp(w_a[which], w_b[which], t)
+
+
+@dataclass
+class PathSampler(Sampler):
+    """A ``"strip"`` sampler whose images come in consecutive paths of ``frames_per_path`` frames."""
+
+    frames_per_path: int = 11
+
+    @property
+    def steps(self) -> int:
+        """Segments per path (the path step is ``1 / steps``)."""
+        return self.frames_per_path - 1
+
+
+def w_interpolation_sampler(generator: nn.Module, steps: int,
+                            device: Callable[[], torch.device] | None = None) -> PathSampler:
+    """Paths of ``steps + 1`` frames in W between fixed z's, rendered by ``generator`` with stored noise.
+
+    ``generator`` is a rosinality-compatible generator (the EMA copy during training). Images are
+    clamped to [-1, 1].
+    """
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"interpolation steps must be an integer >= 1, got {steps}")
+    frames = int(steps) + 1
+
+    def render(indices: Sequence[int], seed: int) -> torch.Tensor:
+        w = path_latents(generator, indices, seed, frames)
+        if device is not None:
+            w = w.to(device())
+        images, _ = generator([w], input_is_latent=True, randomize_noise=False)
+        return images.clamp(-1, 1)
+
+    return PathSampler(render=render, kind="strip", frames_per_path=frames)
+
+
+__all__ = ["Sampler", "PathSampler", "seeded_normal", "latent_sampler", "path_latents", "w_interpolation_sampler"]

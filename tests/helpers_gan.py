@@ -40,3 +40,19 @@ class SaveState(pl.Callback):
     def on_train_end(self, trainer, pl_module):
         torch.save({k: v.detach().clone() for k, v in pl_module.state_dict().items()},
                    self.folder / f"rank{trainer.global_rank}.pt")
+
+
+def grouped(**flat) -> dict:
+    """Constructor keywords of a GAN method from flat ones: architecture keys into the ``generator`` group,
+    adversarial settings into ``gan``, the rest (method and base keys) unchanged."""
+    from lightning_modules.config_groups import GANSettings, GeneratorSpec, group_fields
+
+    out: dict = {}
+    for key, value in flat.items():
+        group = ("generator" if key in group_fields(GeneratorSpec) else
+                 "gan" if key in group_fields(GANSettings) else None)
+        if group is None:
+            out[key] = value
+        else:
+            out.setdefault(group, {})[key] = value
+    return out

@@ -12,12 +12,12 @@ from torch import nn
 from lightning_modules.ema import ema_beta, make_ema, update_ema
 from lightning_modules.gan import StyleGAN2Core, lazy_adam_kwargs
 from lightning_modules.stylegan2 import StyleGAN2Module
-from tests.helpers_gan import TINY, RandomImages, SaveState, one_thread  # noqa: F401 (autouse fixture)
+from tests.helpers_gan import TINY, grouped, RandomImages, SaveState, one_thread  # noqa: F401 (autouse fixture)
 
 
 def tiny_module(**kwargs) -> StyleGAN2Module:
     torch.manual_seed(0)
-    return StyleGAN2Module(**{**TINY, "seed": 0, **kwargs})
+    return StyleGAN2Module(**grouped(**{**TINY, "seed": 0, **kwargs}))
 
 
 def trainer(**kwargs) -> pl.Trainer:
@@ -82,13 +82,13 @@ def test_ema_update_one_step_by_hand():
 def test_kimg_counting_lazy_phases_and_total_kimg():
     module = tiny_module(r1_interval=2, pl_interval=3, total_kimg=0.020)  # 20 images = 5 batches of 4
     phases = []
-    original = module._phase
+    original = module.step
 
     def recording(opt, phase, *args):
         phases.append((module.iteration, phase))
         return original(opt, phase, *args)
 
-    module._phase = recording
+    module.step = recording
     trainer(max_epochs=10).fit(module, RandomImages(n=8, seed=123))
     assert module.nimg == 20 and module.kimg == pytest.approx(0.020) and module.iteration == 5
     assert [i for i, p in phases if p == "D_reg"] == [0, 2, 4]
@@ -157,7 +157,7 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     t1.save_checkpoint(tmp_path / "half.ckpt")
 
     torch.manual_seed(99)  # a different global RNG state must not matter
-    resumed, rec_resumed = StyleGAN2Module(**TINY, seed=0, r1_interval=2, pl_interval=2), LossRecorder()
+    resumed, rec_resumed = StyleGAN2Module(**grouped(**TINY, seed=0, r1_interval=2, pl_interval=2)), LossRecorder()
     trainer(max_epochs=4, callbacks=[rec_resumed]).fit(resumed, RandomImages(n=8, seed=123),
                                                        ckpt_path=tmp_path / "half.ckpt")
     assert resumed.nimg == full.nimg == 32 and resumed.iteration == 8
@@ -204,7 +204,7 @@ def test_fp16_precision_is_refused():
 
 
 def test_core_validates_arguments():
-    g, d = tiny_module().generator, tiny_module().discriminator
-    for bad in ({"nan_policy": "ignore"}, {"mixing_prob": 1.5}, {"r1_interval": 0}, {"total_kimg": 0}):
+    for bad in ({"nan_policy": "ignore"}, {"gan": {"mixing_prob": 1.5}}, {"gan": {"r1_interval": 0}},
+                {"total_kimg": 0}, {"gan": {"r1_gama": 1.0}}):
         with pytest.raises(ValueError):
-            StyleGAN2Core(g, d, **bad)
+            StyleGAN2Core(**bad)

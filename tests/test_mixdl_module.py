@@ -10,10 +10,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from lightning_modules.mixdl import MixDLModule
-from lightning_modules.mixdl_step import path_latents
+from models.sampler import path_latents
 from models.mixup import uniform_coefficients
 from models.sampler import seeded_normal
-from tests.helpers_gan import SaveState, one_thread  # noqa: F401 (autouse fixture)
+from tests.helpers_gan import SaveState, grouped, one_thread  # noqa: F401 (autouse fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"resolution": 16, "style_dim": 32, "n_mlp": 2, "channels": {4: 32, 8: 32, 16: 16},
@@ -22,7 +22,7 @@ TINY = {"resolution": 16, "style_dim": 32, "n_mlp": 2, "channels": {4: 32, 8: 32
 
 def tiny(**kwargs) -> MixDLModule:
     torch.manual_seed(0)
-    return MixDLModule(**{**TINY, "seed": 0, **kwargs})
+    return MixDLModule(**grouped(**{**TINY, "seed": 0, **kwargs}))
 
 
 def images(batches: int = 2, batch_size: int = 4) -> DataLoader:
@@ -40,7 +40,7 @@ def trainer(**kwargs) -> pl.Trainer:
 def record(module: MixDLModule) -> tuple[list, list]:
     """Per phase ``(iteration, phase, loss function)`` and per iteration the logged values."""
     phases, logged = [], []
-    original_phase, original_log = module._phase, module.log_dict
+    original_phase, original_log = module.step, module.log_dict
 
     def phase(opt, name, loss_fn, logs, *args):
         phases.append((module.iteration, name, loss_fn.__name__))
@@ -50,7 +50,7 @@ def record(module: MixDLModule) -> tuple[list, list]:
         logged.append({k: float(v) for k, v in values.items()})
         return original_log(values, **kwargs)
 
-    module._phase, module.log_dict = phase, log_dict
+    module.step, module.log_dict = phase, log_dict
     return phases, logged
 
 
@@ -182,7 +182,7 @@ def test_resume_reproduces_the_uninterrupted_run_with_patch_heads(tmp_path):
     assert any(k.startswith("patch_heads.") for k in ckpt["state_dict"])
 
     torch.manual_seed(99)  # the global RNG must not matter
-    resumed = MixDLModule(**TINY, seed=0, **kwargs)
+    resumed = MixDLModule(**grouped(**TINY, seed=0, **kwargs))
     _, logged_resumed = record(resumed)
     t2 = trainer(max_epochs=4)
     t2.fit(resumed, images(batches=2), ckpt_path=tmp_path / "half.ckpt")
@@ -250,7 +250,7 @@ def test_mixdl_configs_validate(name):
     assert prep.config["method"] == "mixdl"
     if name != "toy":
         model, data = prep.config["model"], prep.config["data"]
-        assert (model["resolution"], data["batch_size"], data["fewshot"], model["total_kimg"]) == (256, 4, 10, 600)
+        assert (model["generator"]["resolution"], data["batch_size"], data["fewshot"], model["total_kimg"]) == (256, 4, 10, 600)
     metrics = prep.config["callbacks"]["metrics"]
     for _, cls, kwargs in prep.plan.callbacks:  # metric specs parse (names, options)
         if cls.__name__ == "MetricsCallback":

@@ -17,14 +17,15 @@ import lightning_modules.nada as nada
 from datamodules.latents import LatentDataModule
 from lightning_modules.nada import NADAModule
 from lightning_modules.nada_setup import MissingAssetsError
-from lightning_modules.nada_layers import (code_movement, eligible_codes, layers_for_codes, top_codes,
-                                           w_plus_sgd)
+from lightning_modules.nada_layers import code_movement, eligible_codes, layers_for_codes, top_codes
+from models.latent_optim import w_plus_sgd
 from models import checkpoints
 from models.sampler import seeded_normal
 from models.stylegan2 import Generator
 from tests.helpers_clip import TINY_CLIP_CONFIG
 
-GEN = {"size": 32, "style_dim": 32, "n_mlp": 2, "channels": {4: 32, 8: 32, 16: 16, 32: 16}}
+ARCH = {"size": 32, "style_dim": 32, "n_mlp": 2, "channels": {4: 32, 8: 32, 16: 16, 32: 16}}  # Generator keywords
+GEN = {"resolution": 32, "style_dim": 32, "n_mlp": 2, "channels": {4: 32, 8: 32, 16: 16, 32: 16}}  # model.generator
 TEMPLATES = ["a photo of a {}.", "a drawing of the {}."]
 CLIP = [{"name": "StyleShift-Test-CLIP", "pretrained": None, "config": TINY_CLIP_CONFIG, "seed": 0}]
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
@@ -73,7 +74,7 @@ def modulating_codes(g: Generator, layers: list) -> list[set[int]]:
 
 def test_index_mappings_reference_off_by_one_and_corrected():
     torch.manual_seed(0)
-    g = Generator(**GEN)
+    g = Generator(**ARCH)
     assert (g.n_latent, len(g.convs)) == (8, 6)
     reference = {j: layers_for_codes(g, [j], "reference") for j in range(8)}
     assert reference[0] == [g.conv1] and reference[1] == [g.to_rgb1]
@@ -188,9 +189,8 @@ def trained(tmp_path_factory):
     module = make_module(auto_layer_k=3)
     frozen_before = copy.deepcopy(module.g_frozen.state_dict())
     train_before = copy.deepcopy(module.g_train.state_dict())
-    module.run_dir = run_dir
     recorder = Recorder()
-    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, default_root_dir=run_dir,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[recorder])
     trainer.fit(module, datamodule=LatentDataModule(z_dim=32, batch_size=2, steps_per_epoch=10, seed=0))
     ckpt = run_dir / "last.ckpt"
@@ -215,7 +215,7 @@ def test_checkpoint_holds_only_the_trainable_generator(trained):
     ckpt = torch.load(trained["ckpt"], map_location="cpu", weights_only=False)
     keys = set(ckpt["state_dict"])
     assert keys == {f"g_train.{k}" for k in trained["module"].g_train.state_dict()}  # no CLIP, no G_frozen
-    assert ckpt["nada"]["iteration"] == 2 and ckpt["nada"]["nimg"] == 4
+    assert ckpt["method_state"]["iteration"] == 2 and ckpt["method_state"]["nimg"] == 4
     optimized = {id(p) for group in trained["module"].optimizers().optimizer.param_groups for p in group["params"]}
     clip_params = trained["module"].clip_loss.losses[0].clip.model.parameters()
     assert not any(id(p) in optimized for p in clip_params)
@@ -225,7 +225,7 @@ def test_export_loads_back_with_identical_outputs(trained):
     module = trained["module"]
     loaded = checkpoints.load(trained["run_dir"] / "generator.pt")
     assert loaded.g is None and loaded.d is None
-    torch.testing.assert_close(loaded.latent_avg, module.mean_w().squeeze(0), rtol=0, atol=0)
+    torch.testing.assert_close(loaded.latent_avg, module.mean_w(module.g_frozen).squeeze(0), rtol=0, atol=0)
     z = seeded_normal(range(4), 7, 32)
     with torch.no_grad():
         ours = module.samplers()["adapted"].render(range(4), 7)
@@ -278,7 +278,7 @@ def test_image_guided_direction_formula_and_it_survives_a_restore(tmp_path, monk
 # ------------------------------------------------------------------------------------------------ errors, launcher
 def test_missing_weights_fail_at_startup_naming_every_asset():
     with pytest.raises(MissingAssetsError) as info:
-        NADAModule(checkpoint="stylegan2-ffhq-1024", target_text="sketch")
+        NADAModule(generator="stylegan2-ffhq-1024", target_text="sketch")
     message = str(info.value)
     for name in ("stylegan2-ffhq-1024", "clip-vit-b-32-openai", "clip-vit-b-16-openai"):
         assert name in message and f"python -m models.assets fetch {name}" in message
@@ -291,8 +291,10 @@ def test_bad_options_give_clear_errors(tmp_path):
         make_module(target_text=None)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         make_module(target_images=str(tmp_path / "nowhere"))
-    with pytest.raises(ValueError, match="exactly one"):
+    with pytest.raises(ValueError, match="model.generator.resolution"):  # neither a checkpoint nor an architecture
         NADAModule(target_text="x", clip_models=CLIP)
+    with pytest.raises(ValueError, match="did you mean 'model.generator.resolution'"):
+        make_module(generator=dict(GEN, resolutoin=32))
     module = make_module(auto_layer_iters=0)
     with pytest.raises(ValueError, match="data.z_dim to 32"):
         module.latents_from_batch(torch.zeros(2, 512))
@@ -307,7 +309,7 @@ def test_toy_config_trains_through_the_launcher_and_exports(tmp_path):
     assert status == 0
     loaded = checkpoints.load(out / "generator.pt")
     state = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-    g = Generator(**GEN)
+    g = Generator(**ARCH)
     g.load_state_dict({k.removeprefix("g_train."): v for k, v in state.items() if k.startswith("g_train.")})
     z = torch.randn(3, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -9,12 +9,14 @@ import torch.nn.functional as F
 
 from datamodules.latents import LatentDataModule
 import lightning_modules.nada_mapper as nada_mapper
-from lightning_modules.nada_mapper import NADAMapperModule, styleclip_preprocess
+from lightning_modules.nada_mapper import NADAMapperModule
+from losses.clip import styleclip_preprocess
 from models.identity import ArcFaceIRSE50, load_arcface
 from models.latent_mapper import LevelsMapper, SingleMapper, build_mapper
 from tests.helpers_clip import TINY_CLIP_CONFIG
 
-GEN = {"size": 32, "style_dim": 32, "n_mlp": 2, "channels": {4: 32, 8: 32, 16: 16, 32: 16}}
+ARCH = {"size": 32, "style_dim": 32, "n_mlp": 2, "channels": {4: 32, 8: 32, 16: 16, 32: 16}}  # Generator keywords
+GEN = {"resolution": 32, "style_dim": 32, "n_mlp": 2, "channels": {4: 32, 8: 32, 16: 16, 32: 16}}  # model.generator
 CLIP = [{"name": "StyleShift-Test-CLIP", "pretrained": None, "config": TINY_CLIP_CONFIG, "seed": 0}]
 TINY_ARCFACE = ((16, 1), (16, 1), (16, 1), (16, 1))
 
@@ -115,11 +117,10 @@ def test_missing_identity_file_skips_the_term_with_a_clear_warning():
 
 def test_short_run_trains_only_the_mapper_and_exports_it(tmp_path):
     module = make_module()
-    module.run_dir = tmp_path
     decoder = {k: v.clone() for k, v in module.decoder.state_dict().items()}
     mapper = {k: v.clone() for k, v in module.mapper.state_dict().items()}
     trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(module, datamodule=LatentDataModule(z_dim=32, batch_size=2, steps_per_epoch=10))
     assert all(torch.equal(v, module.decoder.state_dict()[k]) for k, v in decoder.items())
     assert any(not torch.equal(v, module.mapper.state_dict()[k]) for k, v in mapper.items())

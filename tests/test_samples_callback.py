@@ -1,4 +1,5 @@
-"""SampleGridCallback: files, determinism, RNG and mode preservation, strips, W&B (DESIGN.md contract 3)."""
+"""SampleGridCallback: files (under the Trainer's ``default_root_dir``), determinism, RNG and mode
+preservation, strips, W&B."""
 from __future__ import annotations
 
 import random
@@ -14,7 +15,7 @@ from callbacks.samples import SampleGridCallback
 from metrics.features import quantize
 from lightning_modules.stylegan2 import StyleGAN2Module
 from models.sampler import Sampler, latent_sampler
-from tests.helpers_gan import TINY, RandomImages, one_thread  # noqa: F401 (autouse fixture)
+from tests.helpers_gan import TINY, grouped, RandomImages, one_thread  # noqa: F401 (autouse fixture)
 
 
 class RandomnessHungry(pl.LightningModule):
@@ -24,7 +25,6 @@ class RandomnessHungry(pl.LightningModule):
         super().__init__()
         self.net = nn.Linear(4, 4)
         self.kimg = 0.0
-        self.run_dir = None
         self.seen_training = []
 
     def samplers(self):
@@ -40,11 +40,10 @@ class RandomnessHungry(pl.LightningModule):
 
 def test_fit_writes_grids_per_interval_and_latest(tmp_path):
     torch.manual_seed(0)
-    module = StyleGAN2Module(**TINY, seed=0)
-    module.run_dir = tmp_path
+    module = StyleGAN2Module(**grouped(**TINY, seed=0))
     callback = SampleGridCallback(every_kimg=0.008, n=4, seed=7)
     pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-               enable_progress_bar=False, enable_model_summary=False,
+               enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
                callbacks=[callback]).fit(module, RandomImages(n=16))
     # start (kimg 0), after 8 and 16 images (2 and 4 batches of 4), and the end of training
     for name in ("ema", "ema_trunc"):
@@ -60,7 +59,7 @@ def test_fit_writes_grids_per_interval_and_latest(tmp_path):
 
 def test_grid_is_deterministic_and_matches_sampler_pixels():
     torch.manual_seed(0)
-    module = StyleGAN2Module(**TINY)
+    module = StyleGAN2Module(**grouped(**TINY))
     callback = SampleGridCallback(n=4, seed=3, nrow=4)
     first, second = callback.render(module), callback.render(module)
     assert first.keys() == {"ema", "ema_trunc"}
@@ -110,10 +109,10 @@ def test_grids_are_logged_to_wandb_offline(tmp_path):
     from pytorch_lightning.loggers import WandbLogger
 
     torch.manual_seed(0)
-    module = StyleGAN2Module(**TINY, seed=0)
+    module = StyleGAN2Module(**grouped(**TINY, seed=0))
     logger = WandbLogger(project="styleshift-tests", offline=True, save_dir=str(tmp_path))
     pl.Trainer(accelerator="cpu", max_steps=2, logger=logger, enable_checkpointing=False,
-               enable_progress_bar=False, enable_model_summary=False,
+               enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
                callbacks=[SampleGridCallback(every_kimg=1, n=4)]).fit(module, RandomImages(n=4))
     logger.experiment.finish()
     media = list(tmp_path.rglob("media/images/samples/*.png"))

@@ -1,6 +1,7 @@
 """StyleGAN2Module: a step trains, samplers, fine-tuning from a checkpoint, export (spec §6, DESIGN.md 2-3)."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,12 +9,13 @@ import pytorch_lightning as pl
 import torch
 
 from lightning_modules.stylegan2 import StyleGAN2Module
-from tests.helpers_gan import TINY, RandomImages, one_thread  # noqa: F401 (autouse fixture)
+from tests.helpers_gan import TINY, grouped, RandomImages, one_thread  # noqa: F401 (autouse fixture)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "rosinality_tiny.pt"
 
 
 def fast_dev_run(module, datamodule, **kwargs):
+    kwargs.setdefault("default_root_dir", tempfile.mkdtemp(prefix="styleshift-test-"))  # the export goes there
     trainer = pl.Trainer(accelerator="cpu", fast_dev_run=True, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, **kwargs)
     trainer.fit(module, datamodule)
@@ -26,7 +28,7 @@ def _snapshot(module):
 
 def test_fast_dev_run_trains_one_iteration():
     torch.manual_seed(0)
-    module = StyleGAN2Module(**TINY, seed=0)
+    module = StyleGAN2Module(**grouped(**TINY, seed=0))
     before = _snapshot(module)
     trainer = fast_dev_run(module, RandomImages())
     assert module.iteration == 1 and module.nimg == 4
@@ -39,7 +41,7 @@ def test_fast_dev_run_trains_one_iteration():
 def test_fast_dev_run_on_the_toy_datamodule():
     toy = pytest.importorskip("datamodules.toy")
     torch.manual_seed(0)
-    module = StyleGAN2Module(**TINY, seed=0)
+    module = StyleGAN2Module(**grouped(**TINY, seed=0))
     fast_dev_run(module, toy.ToyDataModule(resolution=16, num_images=8, batch_size=4))
     assert module.nimg == 4 and torch.isfinite(module.pl_mean)
 
@@ -48,7 +50,7 @@ def test_diffaugment_is_what_the_discriminator_sees():
     """``diffaugment`` (shared by every GAN module) augments D inputs with the iteration's generator."""
     from models.diffaugment import DiffAugment
     torch.manual_seed(0)
-    module = StyleGAN2Module(**TINY, seed=0, diffaugment="translation,cutout").eval()
+    module = StyleGAN2Module(**grouped(**TINY, seed=0, diffaugment="translation,cutout")).eval()
     x = torch.rand(4, 3, 16, 16) * 2 - 1
     module.reseed()
     augmented = module.augment(x)
@@ -59,24 +61,24 @@ def test_diffaugment_is_what_the_discriminator_sees():
     module.reseed()
     expected = module.discriminator(DiffAugment("translation,cutout")(x, generator=module.rng))
     assert torch.equal(logits, expected)
-    plain = StyleGAN2Module(**TINY, seed=0)
+    plain = StyleGAN2Module(**grouped(**TINY, seed=0))
     assert torch.equal(plain.augment(x), x)
     fast_dev_run(module.train(), RandomImages())
     assert module.iteration == 1 and all(torch.isfinite(p).all() for p in module.parameters())
 
 
 def test_wrong_resolution_and_missing_arguments_are_clear_errors():
-    with pytest.raises(ValueError, match="model.resolution"):
+    with pytest.raises(ValueError, match="model.generator.resolution"):
         StyleGAN2Module()
     torch.manual_seed(0)
-    module = StyleGAN2Module(**TINY)
+    module = StyleGAN2Module(**grouped(**TINY))
     with pytest.raises(ValueError, match="set data.resolution to 16"):
         fast_dev_run(module, RandomImages(size=32))
 
 
 def test_samplers_are_deterministic_and_truncation_shrinks_variation():
     torch.manual_seed(0)
-    module = StyleGAN2Module(**TINY)
+    module = StyleGAN2Module(**grouped(**TINY))
     samplers = module.samplers()
     assert list(samplers) == ["ema", "ema_trunc"]
     with torch.no_grad():
@@ -93,7 +95,7 @@ def test_samplers_are_deterministic_and_truncation_shrinks_variation():
 
         z = seeded_normal(range(6), 3, 32)
         w = module.g_ema.style(z)
-        w_avg = module.mean_w()
+        w_avg = module.mean_w(module.g_ema)
         expected, _ = module.g_ema([w_avg + 0.7 * (w - w_avg)], input_is_latent=True, randomize_noise=False)
         torch.testing.assert_close(t, expected.clamp(-1, 1), rtol=0, atol=1e-5)
 
@@ -107,7 +109,7 @@ def fixture_state():
 
 
 def test_fine_tune_from_rosinality_checkpoint(fixture_state):
-    module = StyleGAN2Module(checkpoint=str(FIXTURE), resolution=32, style_dim=64, seed=0)
+    module = StyleGAN2Module(**grouped(checkpoint=str(FIXTURE), resolution=32, style_dim=64, seed=0))
     for name, key in (("g_ema", "g_ema"), ("generator", "g"), ("discriminator", "d")):
         ours = getattr(module, name).state_dict()
         for k, v in fixture_state[key].items():
@@ -119,20 +121,19 @@ def test_fine_tune_from_rosinality_checkpoint(fixture_state):
 
 
 def test_fine_tune_rejects_disagreeing_architecture(fixture_state):
-    with pytest.raises(ValueError, match="model.style_dim=512 disagrees"):
-        StyleGAN2Module(checkpoint=str(FIXTURE), style_dim=512)
+    with pytest.raises(ValueError, match="model.generator.style_dim=512 disagrees"):
+        StyleGAN2Module(**grouped(checkpoint=str(FIXTURE), style_dim=512))
     with pytest.raises(FileNotFoundError):
-        StyleGAN2Module(checkpoint="/nonexistent/generator.pt")
+        StyleGAN2Module(generator="/nonexistent/generator.pt")
     with pytest.raises(FileNotFoundError, match="put it at"):  # a registered asset not in the cache
-        StyleGAN2Module(checkpoint="stylegan2-ffhq-256")
+        StyleGAN2Module(generator="stylegan2-ffhq-256")
 
 
 def test_export_round_trip_and_export_at_fit_end(tmp_path):
     checkpoints = pytest.importorskip("models.checkpoints")
     torch.manual_seed(0)
-    module = StyleGAN2Module(**TINY, seed=0)
-    module.run_dir = tmp_path
-    fast_dev_run(module, RandomImages())
+    module = StyleGAN2Module(**grouped(**TINY, seed=0))
+    fast_dev_run(module, RandomImages(), default_root_dir=tmp_path)
     exported = tmp_path / "generator.pt"
     assert exported.is_file()
     loaded = checkpoints.load(exported)
@@ -141,7 +142,7 @@ def test_export_round_trip_and_export_at_fit_end(tmp_path):
         ours = module.ema_images(z)
         theirs, _ = loaded.g_ema([z], randomize_noise=False)
     torch.testing.assert_close(theirs.clamp(-1, 1), ours, rtol=0, atol=1e-6)
-    torch.testing.assert_close(loaded.latent_avg.reshape(-1), module.mean_w().reshape(-1))
+    torch.testing.assert_close(loaded.latent_avg.reshape(-1), module.mean_w(module.g_ema).reshape(-1))
     # the export fine-tunes like any other checkpoint
-    again = StyleGAN2Module(checkpoint=str(exported))
+    again = StyleGAN2Module(generator=str(exported))
     assert torch.equal(again.discriminator.final_linear[1].weight, module.discriminator.final_linear[1].weight)
