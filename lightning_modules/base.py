@@ -281,6 +281,7 @@ class MethodModule(HoldsFrozen, pl.LightningModule):
     def on_fit_end(self) -> None:
         if self.product_file is None or self.run_dir is None:
             return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.export(self.run_dir / self.product_file)
         if path is not None:
             log.info("%s: %.3f kimg (%d iterations); exported to %s", type(self).__name__, self.kimg,

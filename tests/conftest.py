@@ -31,6 +31,24 @@ for _var, _value in {
 torch.set_num_threads(2)
 
 
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT_BEFORE: set[str] = set()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _ROOT_BEFORE.update(os.listdir(_REPO_ROOT))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Tests write into temporary directories only: a file a run leaves in the repository root (an export,
+    ``lightning_logs/``, ``metrics.jsonl``) fails the session."""
+    if not hasattr(session.config, "workerinput"):
+        stray = sorted(set(os.listdir(_REPO_ROOT)) - _ROOT_BEFORE - {".pytest_cache", ".ruff_cache"})
+        if stray:
+            print(f"\nerror: the tests left {stray} in {_REPO_ROOT}: give each Trainer a default_root_dir")
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(_CACHE_ROOT, ignore_errors=True)
 

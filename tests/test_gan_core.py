@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tempfile
 
 import pytest
 import pytorch_lightning as pl
@@ -22,7 +23,8 @@ def tiny_module(**kwargs) -> StyleGAN2Module:
 
 def trainer(**kwargs) -> pl.Trainer:
     defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                    enable_progress_bar=False, enable_model_summary=False)
+                    enable_progress_bar=False, enable_model_summary=False,
+                    default_root_dir=tempfile.mkdtemp(prefix="styleshift-test-"))  # generator.pt goes there
     return pl.Trainer(**{**defaults, **kwargs})
 
 

@@ -2,6 +2,7 @@
 switches, W-space mixing, optimizers, exact resume with the patch heads, samplers, configs."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,8 @@ def images(batches: int = 2, batch_size: int = 4) -> DataLoader:
 
 def trainer(**kwargs) -> pl.Trainer:
     defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                    enable_progress_bar=False, enable_model_summary=False)
+                    enable_progress_bar=False, enable_model_summary=False,
+                    default_root_dir=tempfile.mkdtemp(prefix="styleshift-test-"))  # generator.pt goes there
     return pl.Trainer(**{**defaults, **kwargs})
 
 
