@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import sys
 import time
 import warnings
@@ -59,14 +60,15 @@ def channel_table(channel_multiplier: int, width: float) -> dict[int, int] | Non
 def run(method: str, size: int, batch: int, iters: int, channel_multiplier: int, width: float,
         device: torch.device) -> list:
     torch.manual_seed(0)
-    common = dict(resolution=size, channel_multiplier=channel_multiplier,
-                  channels=channel_table(channel_multiplier, width), seed=0)
+    common = dict(generator=dict(resolution=size, channel_multiplier=channel_multiplier,
+                                 channels=channel_table(channel_multiplier, width)), seed=0)
     module = (MixDLModule(**common, patch_resolutions=(32, 16)) if method == "mixdl"
               else StyleGAN2Module(**common))
     data = torch.rand(batch * (iters + 1), 3, size, size) * 2 - 1
     timer = IterationTimer(device)
     trainer = pl.Trainer(accelerator=device.type, devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer])
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+                         default_root_dir=tempfile.mkdtemp(prefix="styleshift-bench-"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(module, DataLoader(data, batch_size=batch, drop_last=True))

@@ -22,6 +22,7 @@ import inspect
 import json
 import logging
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def train(module: pl.LightningModule, data: ToyDataModule, name: str) -> float:
     t0 = time.perf_counter()
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=-1, logger=False, enable_checkpointing=False,
                          enable_model_summary=False, enable_progress_bar=True, num_sanity_val_steps=0,
-                         limit_val_batches=0)
+                         limit_val_batches=0, default_root_dir=tempfile.mkdtemp(prefix="styleshift-bench-"))
     trainer.fit(module, datamodule=data)
     seconds = time.perf_counter() - t0
     log.info("%s: %d iterations (%.2f kimg) in %.0f s", name, module.iteration, module.kimg, seconds)

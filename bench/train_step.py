@@ -75,16 +75,16 @@ def time_ms(fn, iters: int, device: torch.device) -> float:
 def bench(size: int, args: argparse.Namespace, device: torch.device) -> list[dict]:
     channels = None if args.channels == "default" else {r: c for r, c in TINY_CHANNELS.items() if r <= size}
     torch.manual_seed(0)
-    module = StyleGAN2Module(resolution=size, style_dim=args.style_dim, n_mlp=args.n_mlp, channels=channels,
-                             seed=0).to(device)
+    module = StyleGAN2Module(generator=dict(resolution=size, style_dim=args.style_dim, n_mlp=args.n_mlp,
+                                            channels=channels), seed=0).to(device)
     real = torch.rand(args.batch, 3, size, size, device=device) * 2 - 1
     rows, amortized = [], 0.0
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
     for phase, fn in phase_runners(module, real).items():
         with autocast:
             ms = time_ms(fn, args.iters, device)
-        images = max(1, args.batch // module.pl_batch_shrink) if phase == "G_reg" else args.batch
-        weight = {"G_reg": 1 / module.pl_interval, "D_reg": 1 / module.r1_interval}.get(phase, 1.0)
+        images = max(1, args.batch // module.gan.pl_batch_shrink) if phase == "G_reg" else args.batch
+        weight = {"G_reg": 1 / module.gan.pl_interval, "D_reg": 1 / module.gan.r1_interval}.get(phase, 1.0)
         amortized += ms * weight
         rows.append({"device": device.type, "size": size, "phase": phase, "ms": ms, "img/s": images / ms * 1e3})
     rows.append({"device": device.type, "size": size, "phase": "iteration", "ms": amortized,
