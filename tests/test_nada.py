@@ -315,3 +315,26 @@ def test_toy_config_trains_through_the_launcher_and_exports(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded.g_ema([z], randomize_noise=False)[0], g.eval()([z], randomize_noise=False)[0])
     assert (out / "samples" / "adapted_latest.png").is_file()
+
+
+def test_non_finite_clip_loss_follows_the_nan_policy(tmp_path, monkeypatch):
+    """One NaN/inf policy for every method: NADA raises by default and skips the step with nan_policy=skip."""
+    def run(module):
+        original = module.adaptation_loss
+
+        def poisoned(z):
+            loss, x_src, x_tgt = original(z)
+            return (loss * float("nan") if module.iteration == 1 else loss), x_src, x_tgt
+
+        monkeypatch.setattr(module, "adaptation_loss", poisoned)
+        pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, default_root_dir=tmp_path).fit(
+            module, datamodule=LatentDataModule(z_dim=32, batch_size=2, steps_per_epoch=10, seed=0))
+        return module
+
+    with pytest.raises(FloatingPointError, match="phase G_main at kimg 0.002"):
+        run(make_module(auto_layer_iters=0, total_kimg=0.006))
+    with pytest.warns(RuntimeWarning, match="optimizer step skipped"):
+        skipped = run(make_module(auto_layer_iters=0, nan_policy="skip", total_kimg=0.006))
+    assert skipped.nan_skips == 1 and skipped.iteration == 3
+    assert all(torch.isfinite(p).all() for p in skipped.g_train.parameters())
