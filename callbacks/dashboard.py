@@ -1,13 +1,14 @@
-"""W&B dashboard plumbing for metric values (issue "Evaluation" §5; spec frameworks.md §1b, §4.4).
+"""W&B dashboard plumbing for metric values (README, "Weights & Biases").
 
-Metric panels use ``kimg`` as their x-axis (``define_metric(<metric>/*, step_metric="kimg")``), the
-protocol object of every key goes into the run config under ``metric_protocols`` and into the summary,
-and the test harness's table is logged as a W&B table. Only W&B loggers of the trainer are touched,
-on global rank zero; with no W&B logger every function is a no-op.
+The protocol object of every key goes into the run config under ``metric_protocols`` and into the
+summary, and the test harness's table is logged as a W&B table. The ``kimg`` x-axis of the metric panels
+is the W&B logger's business (the launcher's logger defines ``define_metric("*", step_metric="kimg")``
+and the callbacks log ``kimg`` with every value). Only W&B loggers of the trainer are touched, on global
+rank zero; with no W&B logger every function is a no-op.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
 
 from pytorch_lightning.loggers import WandbLogger
 
@@ -16,15 +17,6 @@ def wandb_experiments(trainer) -> list[Any]:
     if not trainer.is_global_zero:
         return []
     return [lg.experiment for lg in trainer.loggers if isinstance(lg, WandbLogger)]
-
-
-def define_kimg_axes(trainer, keys: Iterable[str]) -> None:
-    """Plot every ``<metric>/<sampler>`` key against ``kimg``."""
-    prefixes = sorted({k.split("/", 1)[0] for k in keys})
-    for exp in wandb_experiments(trainer):
-        exp.define_metric("kimg")
-        for prefix in prefixes:
-            exp.define_metric(f"{prefix}/*", step_metric="kimg")
 
 
 def record_protocols(trainer, protocols: dict[str, dict]) -> None:

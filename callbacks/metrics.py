@@ -1,5 +1,5 @@
-"""``MetricsCallback`` (registry name ``metrics``): every configured metric on every sampler, during
-training every N kimg and at test time (issue "Evaluation" §5; DESIGN.md contracts 3-5).
+"""``MetricsCallback`` (registry name ``metrics``): every configured metric on the module's samplers, during
+training every N kimg and at test time (README, "Evaluation").
 
 YAML::
 
@@ -7,25 +7,32 @@ YAML::
       metrics:
         every_kimg: 50            # null: only at test time
         samplers: null            # null = every sampler of the module (e.g. [ema] or [source, adapted])
-        metrics:                  # schema: metrics/specs.py
+        metrics:                  # kinds: metrics.registry.metric_kinds(); schema: metrics/specs.py
           fid: {num_gen: 5000, reference: full, optional: true}
           kid: {num_gen: 5000}
           intra_lpips: {num_gen: 1000, net: vgg, optional: true}
           nn_lpips: {num_gen: 1000, net: vgg, centers: train, optional: true}
-          latent_smoothness: {num_gen: 500, net: vgg, optional: true}   # on the interpolation sampler
+          latent_smoothness: {num_gen: 500, net: vgg, optional: true}   # on the module's path sampler
 
-* **Start-up check.** ``setup`` resolves every pretrained file the metrics need through
-  ``models.assets``. A missing file is an error before training begins, unless the metric is
-  ``optional: true``: then it is skipped with one warning naming the file and how to fetch it.
+* **Samplers.** A metric runs on its own ``samplers`` if set; else on the callback's ``samplers`` if
+  the metric accepts any sampler; else on the samplers the module declares for its kind
+  (``metric_samplers()``, e.g. MixDL's ``{"latent_smoothness": ["interpolation"]}``); else on every
+  sampler that fits the kind's need (``metrics.registry``: a path sampler for latent smoothness, a
+  paired sampler for reconstruction).
+* **Start-up check.** ``setup`` resolves every pretrained file the metrics need (the registry's
+  ``assets``) through ``models.assets``. A missing file is an error before training begins, unless the
+  metric is ``optional: true``: then it is skipped with one warning naming the file and how to fetch it.
 * **Evaluation.** On all ranks together (samples are sharded without duplicates, results reduced
   exactly), with the module in eval mode, under ``no_grad``, inside a forked RNG (torch, CUDA, numpy,
   python) so training randomness is unchanged; each submodule's train/eval flag is restored exactly.
   Samplers render with what the module chose for them (the EMA generator for the GAN modules).
-* **Output** (rank zero): one ``{"kind": "metric", "key", "value", "protocol", ...}`` line per value in
-  ``run_dir/metrics.jsonl``, ``log_metrics({key: value, "kimg": kimg})`` to the other loggers (W&B),
-  protocols in the W&B config/summary.
-  At test time also a printed table, ``run_dir/test_metrics.json`` and a W&B table. Checkpoints keep
-  the latest values with their protocols (the callback's ``state_dict``).
+* **Output** (rank zero), in the run directory ``trainer.default_root_dir`` (the launcher passes the
+  run directory; a bare ``Trainer()`` uses the working directory, as Lightning does for its own files):
+  one ``{"kind": "metric", "key", "value", "protocol", ...}`` line per value in ``metrics.jsonl``,
+  ``log_metrics({key: value, "kimg": kimg})`` to the other loggers (those with ``writes_metrics_jsonl``
+  already hold the lines; the W&B logger plots every key against ``kimg``), protocols in the W&B
+  config/summary. At test time also a printed table, ``test_metrics.json`` and a W&B table. Checkpoints
+  keep the latest values with their protocols (the callback's ``state_dict``).
 """
 from __future__ import annotations
 
@@ -42,10 +49,11 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
-from callbacks.dashboard import define_kimg_axes, log_table, record_protocols
-from launch.jsonl import append_jsonl
+from callbacks.dashboard import log_table, record_protocols
+from metrics.jsonl import append_jsonl
 from metrics.records import format_table, write_json_atomic
 from metrics.refstats import ReferenceStatsCache
+from metrics.registry import check_metric_samplers, metric_entry
 from metrics.specs import MetricSpec, parse_specs
 from metrics.suite import MetricSuite, MetricValue
 
@@ -54,12 +62,23 @@ log = logging.getLogger(__name__)
 TEST_FILE = "test_metrics.json"
 
 
-def _writes_metrics_jsonl(logger) -> bool:
-    try:
-        from launch.loggers import JsonlLogger
-    except ImportError:
-        return False
-    return isinstance(logger, JsonlLogger)
+def writes_metrics_jsonl(logger) -> bool:
+    """Whether ``logger`` writes ``metrics.jsonl`` itself (it sets ``writes_metrics_jsonl = True``)."""
+    return getattr(logger, "writes_metrics_jsonl", False) is True
+
+
+def run_dir(trainer: pl.Trainer) -> Path | None:
+    """The run directory: the Trainer's ``default_root_dir`` (the working directory unless given)."""
+    root = getattr(trainer, "default_root_dir", None)
+    return None if root is None else Path(root)
+
+
+def module_metric_samplers(pl_module) -> dict[str, list[str]]:
+    """The module's ``metric_samplers()`` (metric kind -> default sampler names), ``{}`` without one."""
+    declare = getattr(pl_module, "metric_samplers", None)
+    if not callable(declare):
+        return {}
+    return check_metric_samplers(declare(), type(pl_module).__name__)
 
 
 class MissingMetricAsset(FileNotFoundError):
@@ -87,13 +106,14 @@ class MetricsCallback(pl.Callback):
     """Compute ``metrics`` (name -> options, see :mod:`metrics.specs`) on the module's samplers.
 
     Args:
-        metrics: mapping of metric name (``fid``, ``kid``, ``intra_lpips``, ``lpips_diversity``,
-            ``lpips_align``, ``reconstruction``, ``latent_smoothness``, ``nn_lpips``, ``clip_text``,
-            ``clip_direction``; ``kind:label`` for a second instance) to its options.
+        metrics: mapping of metric name (a registered kind, :func:`metrics.registry.metric_kinds`: ``fid``,
+            ``kid``, ``intra_lpips``, ``lpips_diversity``, ``lpips_align``, ``reconstruction``,
+            ``latent_smoothness``, ``nn_lpips``, ``clip_text``, ``clip_direction``; ``kind:label`` for a
+            second instance) to its options.
         every_kimg: evaluate whenever training crosses a multiple of this many kimg (None: test only).
         samplers: sampler names to evaluate (None: all); a metric's own ``samplers`` overrides it.
-            ``reconstruction`` and ``latent_smoothness`` ignore it (their default is the module's
-            ``reconstruction`` / ``interpolation`` sampler).
+            Metrics that need a particular kind of sampler (``latent_smoothness``: a path sampler,
+            ``reconstruction``: a paired one) ignore it and keep their default (see above).
         batch_size: images rendered/embedded per batch.
         on_test: evaluate in ``trainer.test`` (the test harness).
         at_fit_start: also evaluate once before the first training step (a baseline at kimg 0).
@@ -112,8 +132,8 @@ class MetricsCallback(pl.Callback):
         self.specs: dict[str, MetricSpec] = parse_specs(dict(metrics))
         if samplers is not None:
             for spec in self.specs.values():
-                # reconstruction / latent smoothness keep their own default sampler (see MetricSuite._targets)
-                if spec.samplers is None and spec.kind not in ("reconstruction", "latent_smoothness"):
+                # metrics that need a particular kind of sampler keep their own default (MetricSuite.targets)
+                if spec.samplers is None and metric_entry(spec.kind).sampler_need.generic:
                     spec.samplers = list(samplers)
         self.every_kimg = every_kimg
         self.batch_size = batch_size
@@ -147,7 +167,7 @@ class MetricsCallback(pl.Callback):
         from models.assets import resolve
 
         for name, spec in list(self.specs.items()):
-            for asset in spec.required_assets():
+            for asset in metric_entry(spec.kind).required_assets(spec):
                 try:
                     resolve(asset)
                 except FileNotFoundError as e:
@@ -201,12 +221,13 @@ class MetricsCallback(pl.Callback):
             return []
         samplers_fn = getattr(pl_module, "samplers", None)
         if samplers_fn is None:
-            raise TypeError(f"{type(pl_module).__name__} has no samplers() method (DESIGN.md contract 3)")
+            raise TypeError(f"{type(pl_module).__name__} has no samplers() method (name -> models.sampler.Sampler)")
         datamodule = getattr(trainer, "datamodule", None)
         reference_fn = getattr(datamodule, "reference_set", None)
+        defaults = module_metric_samplers(pl_module)
         t0 = time.perf_counter()
         with isolated_eval(pl_module):
-            values = self.suite(pl_module).evaluate(samplers_fn(), reference_fn)
+            values = self.suite(pl_module).evaluate(samplers_fn(), reference_fn, defaults)
         self.last_values = values
         self.last_records = [dict(v.record(), stage=stage, kimg=self._kimg(pl_module)) for v in values]
         if trainer.is_global_zero:
@@ -215,16 +236,15 @@ class MetricsCallback(pl.Callback):
 
     def _record(self, trainer, pl_module, values: list[MetricValue], stage: str, seconds: float) -> None:
         kimg = self._kimg(pl_module)
-        run_dir = getattr(pl_module, "run_dir", None)
+        directory = run_dir(trainer)
         for v in values:
             record = dict(kind="metric", **v.record(), stage=stage, kimg=kimg, step=trainer.global_step,
                           time=time.time())
-            append_jsonl(run_dir, record)
+            append_jsonl(directory, record)
         scalars = {v.key: v.value for v in values if v.value is not None and math.isfinite(v.value)}
-        define_kimg_axes(trainer, scalars)
         record_protocols(trainer, {v.key: v.protocol.to_dict() for v in values})
         for lg in trainer.loggers:
-            if not _writes_metrics_jsonl(lg):  # those lines are written above, with their protocol
+            if not writes_metrics_jsonl(lg):  # those lines are written above, with their protocol
                 lg.log_metrics(dict(scalars, kimg=kimg), step=trainer.global_step)
         log.info("metrics at %.1f kimg (%s, %.1fs): %s", kimg, stage, seconds,
                  ", ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
@@ -235,11 +255,11 @@ class MetricsCallback(pl.Callback):
         print(f"\nTest metrics ({len(values)} values)\n{table}\n", flush=True)
         for name, asset in self.skipped.items():
             print(f"skipped {name}: missing pretrained file {asset!r}")
-        run_dir = getattr(pl_module, "run_dir", None)
-        if run_dir is not None:
+        directory = run_dir(trainer)
+        if directory is not None:
             payload = {"kimg": self._kimg(pl_module), "values": {v.key: v.value for v in values},
                        "records": [v.record() for v in values], "skipped": self.skipped}
-            path = write_json_atomic(Path(run_dir) / TEST_FILE, payload)
+            path = write_json_atomic(directory / TEST_FILE, payload)
             log.info("test metrics written to %s", path)
         log_table(trainer, "test_metrics", ["metric", "sampler", "value", "key"],
                   [[r["metric"], r["sampler"], r["value"], v.key] for r, v in zip(rows, values)])

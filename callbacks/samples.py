@@ -1,9 +1,10 @@
-"""Fixed-seed sample grids of every sampler of a module (DESIGN.md contract 3, frameworks.md §4.2).
+"""Fixed-seed sample grids of every sampler of a module (README, "Where outputs go").
 
 Every ``every_kimg`` thousand images (the module's ``kimg`` counter), at the start of training and at
 its end, each sampler of ``pl_module.samplers()`` renders images ``0..n-1`` of stream ``seed``. Because
 samplers are deterministic in ``(indices, seed)``, a grid shows the same latents at every step and after a
-resume. Files (``run_dir`` set by the launcher; nothing is written when it is None)::
+resume. Files, under the run directory ``trainer.default_root_dir`` (the launcher passes the run
+directory; a bare ``Trainer()`` uses the working directory, as Lightning does for its own files)::
 
     samples/<sampler>/kimg000012.png     one per interval and sampler (``kimg000012.500.png`` if
                                          ``every_kimg`` is not a whole number)
@@ -30,7 +31,7 @@ from PIL import Image
 from pytorch_lightning.loggers import WandbLogger
 from torchvision.utils import make_grid
 
-from callbacks.metrics import isolated_eval
+from callbacks.metrics import isolated_eval, run_dir
 from metrics.features import quantize
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class SampleGridCallback(pl.Callback):
     # ------------------------------------------------------------------------------ rendering
     def _samplers(self, pl_module: pl.LightningModule) -> dict:
         if not hasattr(pl_module, "samplers"):
-            raise TypeError(f"{type(pl_module).__name__} has no samplers() (DESIGN.md contract 3)")
+            raise TypeError(f"{type(pl_module).__name__} has no samplers() (name -> models.sampler.Sampler)")
         samplers = pl_module.samplers()
         if self.sampler_names is None:
             return samplers
@@ -106,12 +107,12 @@ class SampleGridCallback(pl.Callback):
         return f"kimg{kimg:010.3f}.png"
 
     def write(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, np.ndarray]:
-        """Render every sampler, write the PNGs under ``run_dir/samples`` and log them to W&B."""
+        """Render every sampler, write the PNGs under ``<run dir>/samples`` and log them to W&B."""
         grids = self.render(pl_module)
         kimg = float(getattr(pl_module, "kimg", 0.0))
-        run_dir = getattr(pl_module, "run_dir", None)
-        if run_dir is not None:
-            root = Path(run_dir) / "samples"
+        directory = run_dir(trainer)
+        if directory is not None:
+            root = directory / "samples"
             for index, (name, array) in enumerate(grids.items()):
                 if ".." in Path(name).parts or Path(name).is_absolute():
                     raise ValueError(f"sampler name {name!r} is not a relative path")
@@ -152,9 +153,9 @@ class SampleGridCallback(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.at_train_end and trainer.is_global_zero:
             grids = self.write(trainer, pl_module)
-            run_dir = getattr(pl_module, "run_dir", None)
-            if run_dir is not None:
-                log.info("sample grids of %s in %s", ", ".join(grids), Path(run_dir) / "samples")
+            directory = run_dir(trainer)
+            if directory is not None:
+                log.info("sample grids of %s in %s", ", ".join(grids), directory / "samples")
 
     def state_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "n": self.n, "last_tick": self._last_tick}

@@ -1,9 +1,9 @@
-"""The run's loggers: ``metrics.jsonl`` (always) and W&B (offline by default). Spec frameworks.md §4.4 item 15.
+"""The run's loggers: ``metrics.jsonl`` (always) and W&B (offline by default); README, "Weights & Biases".
 
-Both put ``kimg`` (the module's images-seen counter, DESIGN.md "GAN training inside Lightning") next to
-Lightning's step: the JSONL logger writes it into every line, the W&B logger logs it with every metric
-dict and makes it the x-axis (``define_metric("*", step_metric="kimg")``). The module is bound after the
-Trainer has launched (``bind_module``), so the loggers stay picklable for spawn-based DDP.
+Both put ``kimg`` (the module's images-seen counter) next to Lightning's step: the JSONL logger writes it
+into every line, the W&B logger logs it with every metric dict and makes it the x-axis of every panel
+(``define_metric("*", step_metric="kimg")``; the metrics callback's values included). The module is bound
+after the Trainer has launched (``bind_module``), so the loggers stay picklable for spawn-based DDP.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from launch.jsonl import append_jsonl
+from metrics.jsonl import append_jsonl
 
 
 class _KimgSource:
@@ -39,7 +39,13 @@ class _KimgSource:
 
 
 class JsonlLogger(_KimgSource, Logger):
-    """Writes each logged scalar dict as ``{"kind": "scalars", "step", "kimg", "time", "metrics"}``."""
+    """Writes each logged scalar dict as ``{"kind": "scalars", "step", "kimg", "time", "metrics"}``.
+
+    ``writes_metrics_jsonl`` tells the metrics callback that this logger's file already receives the
+    callback's own per-value lines (with their protocols), so it does not log the values here again.
+    """
+
+    writes_metrics_jsonl = True
 
     def __init__(self, run_dir: str | Path, name: str = "styleshift") -> None:
         super().__init__()

@@ -1,6 +1,6 @@
-"""Metric result files and tables (issue "Evaluation" §5: the test harness's JSON and printed table).
+"""Metric result files and tables (README, "Evaluation": the test harness's JSON and printed table).
 
-Per-value lines of ``run_dir/metrics.jsonl`` are written by ``launch.jsonl.append_jsonl``, the one
+Per-value lines of ``run_dir/metrics.jsonl`` are written by :func:`metrics.jsonl.append_jsonl`, the one
 writer of that file.
 """
 from __future__ import annotations

@@ -18,7 +18,7 @@ scale-free summaries are added because ``uniformity`` grows with ``mean``:
 
 Standard deviations are population ones (``ddof = 0``). The frames come from a path sampler: ``T + 1``
 consecutive images per path (``frames_per_path``), path ``p`` = images ``p (T+1) .. p (T+1) + T`` of the
-sampler's seeded stream (``lightning_modules.mixdl_step.w_interpolation_sampler``).
+sampler's seeded stream (``models.sampler.w_interpolation_sampler``).
 """
 from __future__ import annotations
 

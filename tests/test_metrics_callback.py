@@ -1,7 +1,7 @@
-"""``MetricsCallback`` inside Lightning (issue "Evaluation" §5): scheduled evaluation every N kimg with jsonl
-records whose keys encode the protocol and never collide, values equal to a direct computation, training
-RNG and train/eval flags untouched, the test harness's table and JSON, start-up asset checks, config
-validation and the W&B offline run."""
+"""``MetricsCallback`` inside Lightning (README, "Evaluation"): scheduled evaluation every N kimg with jsonl
+records (in the Trainer's ``default_root_dir``) whose keys encode the protocol and never collide, values
+equal to a direct computation, training RNG and train/eval flags untouched, the test harness's table and
+JSON, start-up asset checks, config validation and the W&B offline run."""
 from __future__ import annotations
 
 import json
@@ -32,7 +32,7 @@ class TinyGAN(pl.LightningModule):
         self.layer = torch.nn.Linear(4, 4)
         self.renderer = TinyRenderer(seed=0)
         self.source = TinyRenderer(seed=0, offset=0.4)
-        self.nimg, self.steps_seen, self.run_dir = 0, 0, None
+        self.nimg, self.steps_seen = 0, 0
 
     @property
     def kimg(self) -> float:
@@ -84,7 +84,6 @@ def trainer(tmp_path, callbacks, max_steps=8, logger=False):
 def fit(tmp_path, callbacks):
     pl.seed_everything(0)
     module = TinyGAN()
-    module.run_dir = tmp_path
     trainer(tmp_path, callbacks).fit(module, datamodule=TinyData())
     return module
 
@@ -134,7 +133,6 @@ def test_isolated_eval_restores_rng_and_flags():
 def test_test_harness_prints_table_and_writes_json(tmp_path, capsys):
     cb = MetricsCallback(metrics=METRICS, batch_size=8, progress=False)
     module = TinyGAN()
-    module.run_dir = tmp_path
     trainer(tmp_path, [cb]).test(module, datamodule=TinyData(), verbose=False)
     out = capsys.readouterr().out
     assert "Test metrics" in out and "fid36_train@standin@none+vs_train" in out and "lpips_diversity3" in out

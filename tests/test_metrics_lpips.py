@@ -1,6 +1,6 @@
-"""LPIPS family (issue "Evaluation" §3): intra-cluster LPIPS equals a direct loop implementation of CDC's
-procedure (spec idinvert_mixdl.md §3), diversity/alignment/reconstruction against their formulas, and
-the torchvision trunk is loaded into the lpips slices exactly."""
+"""LPIPS family (README, "Evaluation"): intra-cluster LPIPS equals a direct loop implementation of CDC's
+procedure (Ojha et al. 2021), diversity/alignment/reconstruction against their formulas, and the
+torchvision trunk is loaded into the lpips slices exactly."""
 from __future__ import annotations
 
 import math
@@ -126,8 +126,9 @@ def test_reconstruction_runner_keys(dist):
     spec = parse_spec("reconstruction", {"num_gen": 5, "net": "alex", "trunk": "random"})
     suite = MetricSuite({"reconstruction": spec}, batch_size=2, show_progress=False)
     suite._lpips[("alex", "random", None)] = dist
-    values = {v.key: v.value for v in suite.evaluate(
-        {"reconstruction": tiny_sampler(seed=7), "ema": tiny_sampler(seed=8)}, lambda w: tensor_reference(target))}
+    values = {v.key: v.value for v in suite.evaluate(  # the sampler an inversion module declares for it
+        {"reconstruction": tiny_sampler(seed=7), "ema": tiny_sampler(seed=8)}, lambda w: tensor_reference(target),
+        default_samplers={"reconstruction": ["reconstruction"]})}
     assert set(values) == {f"recon_{k}5@lpips-alex-randtrunk/reconstruction" for k in ("lpips", "psnr", "ssim", "mse")}
     assert math.isinf(values["recon_psnr5@lpips-alex-randtrunk/reconstruction"])  # exact reconstruction
 

@@ -1,6 +1,6 @@
-"""Reference-statistics cache (issue "Evaluation" §2; spec frameworks.md §4.1 item 4): a second request
-does not recompute (the extractor is never called), a changed dataset invalidates the entry, a corrupt or
-tampered file is detected and rebuilt; the CLI lists, computes and verifies."""
+"""Reference-statistics cache (README, "Evaluation"): a second request does not recompute (the extractor is
+never called), a changed dataset invalidates the entry, a corrupt or tampered file is detected and rebuilt;
+the CLI (``python -m launch.refstats``) lists, computes and verifies."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from metrics import refstats
+from launch import refstats
 from metrics.refstats import ReferenceStatsCache, read_entry
 from metrics.streams import reference_stats_direct
 from tests.helpers_metrics import standin_extractor, tensor_reference

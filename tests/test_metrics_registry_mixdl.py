@@ -1,6 +1,7 @@
-"""MixDL's memorization and latent-smoothness metrics in the metrics callback (spec idinvert_mixdl.md §2.7;
-issue "Evaluation" §1, §5): ``nn_lpips`` and ``latent_smoothness`` specs, their default samplers, the logged
-keys (protocol encoded, smoothness as two values) and values equal to calling the metric functions directly."""
+"""MixDL's memorization and latent-smoothness metrics in the metrics callback (Kong et al. 2022; README,
+"Evaluation"): ``nn_lpips`` and ``latent_smoothness`` specs, their default samplers (the module's
+``metric_samplers()``, else every path sampler), the logged keys (protocol encoded, smoothness as two
+values) and values equal to calling the metric functions directly."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from callbacks.metrics import MetricsCallback
-from lightning_modules.mixdl_step import PathSampler
+from models.sampler import PathSampler
 from metrics.lpips_family import LPIPSDistance, load_lpips
 from metrics.memorization import nearest_training_lpips
 from metrics.smoothness import latent_smoothness
@@ -48,7 +49,7 @@ class TinyMixDL(pl.LightningModule):
     def __init__(self, with_paths: bool = True):
         super().__init__()
         self.renderer = TinyRenderer(seed=0)
-        self.with_paths, self.run_dir = with_paths, None
+        self.with_paths = with_paths
 
     def test_step(self, batch, batch_idx):
         pass
@@ -58,6 +59,10 @@ class TinyMixDL(pl.LightningModule):
         if self.with_paths:
             out["interpolation"] = path_sampler(self.renderer)
         return out
+
+    def metric_samplers(self):
+        """As MixDL: latent smoothness runs on the W-path sampler."""
+        return {"latent_smoothness": ["interpolation"]} if self.with_paths else {}
 
 
 class TinyFewShotData(pl.LightningDataModule):
@@ -80,7 +85,6 @@ def run_test(tmp_path, metrics, module=None, samplers=("ema",)):
     cb = MetricsCallback(metrics=metrics, samplers=list(samplers) if samplers else None, batch_size=8,
                          progress=False)
     module = module or TinyMixDL()
-    module.run_dir = tmp_path
     pl.Trainer(accelerator="cpu", devices=1, logger=False, callbacks=[cb], enable_checkpointing=False,
                enable_progress_bar=False, enable_model_summary=False,
                default_root_dir=tmp_path).test(module, datamodule=TinyFewShotData(), verbose=False)
