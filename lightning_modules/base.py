@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 NAN_POLICIES = ("raise", "skip")
+GRAD_RESETS = ("zero", "none")
 STATE_KEY = "method_state"
 LEGACY_STATE_KEYS = ("gan_core", "nada", "nada_mapper")  # checkpoints written before STATE_KEY
 MEAN_W_SAMPLES = 4096
@@ -81,6 +82,11 @@ class MethodModule(HoldsFrozen, pl.LightningModule):
             launcher's ``seed``).
         nan_policy: ``"raise"`` or ``"skip"`` on a non-finite loss or gradient.
         total_kimg: stop training after this many thousand images (None: the Trainer's own limits).
+        grad_reset: how gradients are cleared before each backward. ``"zero"`` (default, the official
+            implementations' ``zero_grad()`` of PyTorch 1.x): gradient tensors are zeroed and kept, so Adam
+            keeps stepping (with its momentum, advancing its step count) a parameter that got no gradient
+            this iteration once it had one - e.g. a layer NADA did not select, a MixDL patch head not drawn.
+            ``"none"`` (``set_to_none``): such parameters are left untouched by the optimizer.
     """
 
     #: file name of the product :meth:`export` writes into the run directory (None: nothing to export)
@@ -90,10 +96,14 @@ class MethodModule(HoldsFrozen, pl.LightningModule):
     #: why other precisions are refused (shown in the error)
     precision_note: str = ""
 
-    def __init__(self, *, seed: int | None = None, nan_policy: str = "raise", total_kimg: float | None = None):
+    def __init__(self, *, seed: int | None = None, nan_policy: str = "raise", total_kimg: float | None = None,
+                 grad_reset: str = "zero"):
         super().__init__()
         if nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+        if grad_reset not in GRAD_RESETS:
+            raise ValueError(f"grad_reset must be one of {GRAD_RESETS}, got {grad_reset!r}")
+        self.grad_reset = grad_reset
         if total_kimg is not None and not total_kimg > 0:
             raise ValueError(f"total_kimg must be > 0 or None, got {total_kimg}")
         self.automatic_optimization = False
@@ -153,14 +163,14 @@ class MethodModule(HoldsFrozen, pl.LightningModule):
         if not self._agreed_finite(loss):
             self._non_finite(phase, "loss", phase_logs)
             return None
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=self.grad_reset == "none")
         if self._trainer is not None:
             self.manual_backward(loss)
         else:  # outside a Trainer (benchmarks, notebooks)
             loss.backward()
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=self.grad_reset == "none")
             self._non_finite(phase, "gradients", phase_logs)
             return None
         optimizer.step()
@@ -293,5 +303,6 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["MethodModule", "OptimizerGroup", "NAN_POLICIES", "STATE_KEY", "MEAN_W_SAMPLES", "MEAN_W_SEED",
+__all__ = ["MethodModule", "OptimizerGroup", "NAN_POLICIES", "GRAD_RESETS", "STATE_KEY", "MEAN_W_SAMPLES",
+           "MEAN_W_SEED",
            "count_parameters"]

@@ -287,8 +287,9 @@ class StyleGAN2Core(MethodModule):
         """``ema`` (EMA generator, stored noise) and ``ema_trunc`` (the same, psi = 0.7)."""
         device = lambda: self.device  # noqa: E731 - follows the module across devices
         return {
-            "ema": latent_sampler(self.ema_images, self.z_dim, device),
-            "ema_trunc": latent_sampler(lambda z: self.ema_images(z, truncation=0.7), self.z_dim, device),
+            "ema": latent_sampler(self.ema_images, self.z_dim, device, truncation=1.0),
+            "ema_trunc": latent_sampler(lambda z: self.ema_images(z, truncation=0.7), self.z_dim, device,
+                                        truncation=0.7),
         }
 
 

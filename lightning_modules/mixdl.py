@@ -3,11 +3,12 @@
 Spec idinvert_mixdl.md Part 2. StyleGAN2 trained from scratch on ~10 images; every ``mixup_every``-th
 iteration (2 in the paper) is a *mixup iteration* (spec §2.3)::
 
-    alpha ~ Dir(c * 1_B)  [B, B]                               one draw, shared by the D and G steps
-    D step   w = f(z);  x_a = G(w);  x_m = G(alpha w)          G frozen, w in W [B, style_dim] (§2.9)
+    D step   alpha ~ Dir(c * 1_B)  [B, B]
+             w = f(z);  x_a = G(w);  x_m = G(alpha w)          G frozen, w in W [B, style_dim] (§2.9)
              L_D = softplus(D_patch(x_m)) + softplus(-D_patch(x))             patch heads, own p_ind per call
                  + d_kl_wt * KL(softmax(alpha) || softmax_j cos(u(x_m,i), u(x_a,j)))     u = sim_linear(h)
-    G step   L_G = softplus(-D_patch(G(alpha f(z'))))
+    G step   alpha' ~ Dir(c * 1_B), a fresh draw (``shared_alpha: true`` reuses the D step's alpha)
+             L_G = softplus(-D_patch(G(alpha f(z'))))
                  + kl_wt * KL(softmax(alpha) || softmax_j cos(F_l_i(G(alpha f(z'')))_i, F_l_i(G(f(z'')))_j))
     R1 (lazy, every r1_interval iterations) on the patch head's mean logit; path length as StyleGAN2.
 
@@ -73,6 +74,8 @@ class MixDLModule(StyleGAN2Module):
             tiny 16-32 px networks use (16, 8) or (16, 8, 4)).
         interpolation_steps: segments per path of the ``interpolation`` sampler (10: step 0.1 as MixDL's
             ``ppl_uniformity.py``).
+        shared_alpha: reuse the D step's mixing coefficients in the G step (False: a fresh draw, as the
+            released ``train_mixdl.py``).
     """
 
     gan_defaults = GANSettings(ema_kimg=MIXDL_EMA_KIMG)
@@ -83,7 +86,8 @@ class MixDLModule(StyleGAN2Module):
                  mixup_every: int = 2, coefficients: str = "dirichlet", concentration: float = 1.0,
                  g_distance: bool = True, d_distance: bool = True, g_kl_weight: float = G_KL_WEIGHT,
                  d_kl_weight: float = D_KL_WEIGHT, kl_reduction: str = "mean",
-                 patch_resolutions: Sequence[int] = (32, 16), interpolation_steps: int = 10, **base: Any):
+                 patch_resolutions: Sequence[int] = (32, 16), interpolation_steps: int = 10,
+                 shared_alpha: bool = False, **base: Any):
         super().__init__(generator=generator, gan=gan, **base)
         if int(mixup_every) != mixup_every or mixup_every < 0:
             raise ValueError(f"mixup_every must be an integer >= 0 (0 = never), got {mixup_every}")
@@ -91,12 +95,12 @@ class MixDLModule(StyleGAN2Module):
             raise ValueError(f"kl_reduction must be one of {REDUCTIONS}, got {kl_reduction!r}")
         if g_kl_weight < 0 or d_kl_weight < 0:
             raise ValueError(f"KL weights must be >= 0, got {g_kl_weight}, {d_kl_weight}")
-        for name, flag in (("g_distance", g_distance), ("d_distance", d_distance)):
+        for name, flag in (("g_distance", g_distance), ("d_distance", d_distance), ("shared_alpha", shared_alpha)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name} must be true or false, got {flag!r}")
         self.mixup_every = int(mixup_every)
         self.sample_coefficients = make_coefficient_sampler(coefficients, concentration)
-        self.g_distance, self.d_distance = g_distance, d_distance
+        self.g_distance, self.d_distance, self.shared_alpha = g_distance, d_distance, shared_alpha
         self.g_kl_weight, self.d_kl_weight = float(g_kl_weight), float(d_kl_weight)
         self.kl_reduction = kl_reduction
         self.patch_resolutions = tuple(int(r) for r in patch_resolutions)
@@ -210,6 +214,8 @@ class MixDLModule(StyleGAN2Module):
                     self.step(opt_d, "D_reg", self.discriminator_reg, logs, real)
         with trainable([self.generator], d_side):
             if mixup:
+                if not self.shared_alpha:  # the released G step draws its own alpha
+                    coeffs = self.mixing_coefficients(real.shape[0])
                 self.step(opt_g, "G_main", self.mixup_generator_loss, logs, real, coeffs)
             else:
                 self.step(opt_g, "G_main", self.generator_loss, logs, real)
@@ -235,7 +241,7 @@ class MixDLModule(StyleGAN2Module):
     def samplers(self) -> dict[str, Sampler]:
         """``ema`` (EMA generator, random z, stored noise) and ``interpolation`` (W paths, strips)."""
         device = lambda: self.device  # noqa: E731 - follows the module across devices
-        return {"ema": latent_sampler(self.ema_images, self.z_dim, device),
+        return {"ema": latent_sampler(self.ema_images, self.z_dim, device, truncation=1.0),
                 "interpolation": w_interpolation_sampler(self.g_ema, self.interpolation_steps, device)}
 
 

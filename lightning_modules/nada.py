@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 SUPPORTED_PRECISIONS = ("32-true", "32", "bf16-mixed")
 REFERENCE_LR = 0.002 * 4 / 5  # rosinality's lazy-regularization ratio left in the reference (§A6)
 REFERENCE_BETAS = (0.0, 0.99 ** (4 / 5))
+REFERENCE_SAMPLE_TRUNCATION = 0.7  # the reference's ``sample_truncation`` of its sample grids
 
 
 class NADAModule(MethodModule):
@@ -89,7 +90,8 @@ class NADAModule(MethodModule):
             mode with selection on, where the reference silently used "cat", §A14.12).
         lr, betas: Adam settings (reference: ``0.002 · 4/5``, ``(0, 0.99^0.8)``).
         mixing: style-mixing probability (reference and README: 0).
-        sample_truncation: psi of the ``source`` / ``adapted`` samplers (toward the mean W of 4096 fixed z).
+        sample_truncation: psi of the ``source`` / ``adapted`` samplers, so of every grid and sampler metric
+            (toward the mean W of 4096 fixed z; 0.7, the reference's sample truncation; 1 = no truncation).
         **base: ``seed``, ``nan_policy``, ``total_kimg`` (:class:`~lightning_modules.base.MethodModule`).
     """
 
@@ -109,7 +111,7 @@ class NADAModule(MethodModule):
                  auto_layer_iters: int = 1, auto_layer_batch: int = 8, auto_layer_lr: float = 0.01,
                  layer_mapping: str = "reference", selection_text: str | None = None,
                  lr: float = REFERENCE_LR, betas: Sequence[float] = REFERENCE_BETAS, mixing: float = 0.0,
-                 sample_truncation: float = 1.0, **base: Any):
+                 sample_truncation: float = REFERENCE_SAMPLE_TRUNCATION, **base: Any):
         super().__init__(**base)
         self.save_hyperparameters()
         clip_entries = parse_clip_models(clip_models)
@@ -295,7 +297,7 @@ class NADAModule(MethodModule):
         NaN policy, backward). Returns the detached loss (None when a non-finite step was skipped)."""
         if self.auto_layer_iters > 0:
             self.select_layers()
-        # zero_grad(set_to_none): frozen layers keep grad None, so Adam leaves them untouched (§C1)
+        # grad_reset "zero" (default): a layer trained before but not selected now still gets an Adam step
         return self.step(optimizer, "G_main", self.clip_step_loss, {} if logs is None else logs, z)
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
@@ -326,8 +328,9 @@ class NADAModule(MethodModule):
     def samplers(self) -> dict[str, Sampler]:
         """``source`` (G_frozen) and ``adapted`` (G_train): the same z and noise for both."""
         device = lambda: self.device  # noqa: E731 - follows the module across devices
-        return {"source": latent_sampler(lambda z: self.render(self.g_frozen, z), self.z_dim, device),
-                "adapted": latent_sampler(lambda z: self.render(self.g_train, z), self.z_dim, device)}
+        psi = self.sample_truncation
+        return {"source": latent_sampler(lambda z: self.render(self.g_frozen, z), self.z_dim, device, truncation=psi),
+                "adapted": latent_sampler(lambda z: self.render(self.g_train, z), self.z_dim, device, truncation=psi)}
 
     def export(self, path: Path) -> Path:
         """Write the adapted generator as a rosinality-compatible ``.pt`` (``g_ema`` = G_train, as the

@@ -30,10 +30,13 @@ class Sampler:
     ``render`` must be a pure function of ``(indices, seed)`` and the current weights; callers put the
     networks in eval mode and run it under ``torch.no_grad()``. ``kind`` tells dashboards how to show it
     (``"grid"`` for independent samples, ``"strip"`` for ordered paths such as interpolations).
+    ``truncation`` is the psi the images are rendered at (None: not a truncated latent sampler); metric
+    protocols record it, so values at different psi never mix.
     """
 
     render: RenderFn
     kind: str = "grid"
+    truncation: float | None = None
 
     def batches(self, n: int, seed: int, batch_size: int = 16,
                 indices: Sequence[int] | None = None) -> Iterator[torch.Tensor]:
@@ -49,10 +52,11 @@ class Sampler:
 
 def latent_sampler(generate: Callable[[torch.Tensor], torch.Tensor], z_dim: int,
                    device: torch.device | str | Callable[[], torch.device] = "cpu",
-                   kind: str = "grid") -> Sampler:
+                   kind: str = "grid", truncation: float | None = None) -> Sampler:
     """A sampler that feeds seeded ``z`` [B, z_dim] to ``generate(z) -> images``.
 
-    ``device`` may be a callable so the sampler follows a module moved between devices after creation.
+    ``device`` may be a callable so the sampler follows a module moved between devices after creation;
+    ``truncation`` is the psi ``generate`` renders at (recorded in metric protocols).
     """
 
     def render(indices: Sequence[int], seed: int) -> torch.Tensor:
@@ -60,7 +64,7 @@ def latent_sampler(generate: Callable[[torch.Tensor], torch.Tensor], z_dim: int,
         z = seeded_normal(indices, seed, z_dim).to(dev)
         return generate(z)
 
-    return Sampler(render=render, kind=kind)
+    return Sampler(render=render, kind=kind, truncation=truncation)
 
 
 def path_latents(generator: nn.Module, indices: Sequence[int], seed: int, frames_per_path: int) -> torch.Tensor:

@@ -119,8 +119,10 @@ def test_coefficient_sampler_switch_uses_the_iteration_generator():
 
 
 # ---------------------------------------------------------------------------------------------- mixing in W
-def test_mixes_are_alpha_times_w_in_w_space():
-    module = tiny(pl_weight=0.0)
+@pytest.mark.parametrize("shared", [False, True])
+def test_mixes_are_alpha_times_w_in_w_space_with_a_fresh_alpha_for_the_g_step(shared):
+    """The released G step draws its own alpha (``train_mixdl.py``); ``shared_alpha`` reuses the D step's."""
+    module = tiny(pl_weight=0.0, shared_alpha=shared)
     calls, alphas = [], []
     original_synth, original_coeffs = module.synthesize, module.mixing_coefficients
 
@@ -134,10 +136,12 @@ def test_mixes_are_alpha_times_w_in_w_space():
 
     module.synthesize, module.mixing_coefficients = synthesize, coefficients
     trainer(max_steps=1).fit(module, images(batches=1))
-    (alpha,) = alphas
+    assert len(alphas) == (1 if shared else 2)
+    alpha_d, alpha_g = alphas[0], alphas[-1]
+    assert shared or not torch.allclose(alpha_d, alpha_g)
     assert [tuple(w.shape) for w in calls] == [(8, 32), (4, 32), (8, 32)]  # D: [w; aw], G adv: aw, G dist: [w; aw]
-    for w in (calls[0], calls[2]):
-        torch.testing.assert_close(w[4:], alpha @ w[:4])
+    torch.testing.assert_close(calls[0][4:], alpha_d @ calls[0][:4])
+    torch.testing.assert_close(calls[2][4:], alpha_g @ calls[2][:4])  # the G-side distance uses the G step's alpha
     assert not torch.allclose(calls[0][:4], calls[2][:4])  # the G-side loss draws its own z
 
 
@@ -252,7 +256,8 @@ def test_mixdl_configs_validate(name):
     assert prep.config["method"] == "mixdl"
     if name != "toy":
         model, data = prep.config["model"], prep.config["data"]
-        assert (model["generator"]["resolution"], data["batch_size"], data["fewshot"], model["total_kimg"]) == (256, 4, 10, 600)
+        assert (model["generator"]["resolution"], data["batch_size"], data["fewshot"],
+                model["total_kimg"]) == (256, 4, 10, 600)
     metrics = prep.config["callbacks"]["metrics"]
     for _, cls, kwargs in prep.plan.callbacks:  # metric specs parse (names, options)
         if cls.__name__ == "MetricsCallback":

@@ -190,7 +190,8 @@ def trained(tmp_path_factory):
     frozen_before = copy.deepcopy(module.g_frozen.state_dict())
     train_before = copy.deepcopy(module.g_train.state_dict())
     recorder = Recorder()
-    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, default_root_dir=run_dir,
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         default_root_dir=run_dir,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[recorder])
     trainer.fit(module, datamodule=LatentDataModule(z_dim=32, batch_size=2, steps_per_epoch=10, seed=0))
     ckpt = run_dir / "last.ckpt"
