@@ -1,15 +1,21 @@
 """Config composition: ``configs/base.yaml`` < experiment file (and what it ``extends``) < CLI overrides.
 
-Spec frameworks.md §4.4 item 14 (shallow composition, dotted CLI overrides, resolved config saved with the
-run). An experiment file may name one parent with a top-level ``extends: path`` (relative to ``configs/``,
-or to the file itself); parents may extend further, cycles are an error. A callback set to ``null`` in a
-child removes the callback inherited from its parent. Key validation lives in :mod:`launch.schema`.
+Composition is shallow per key: mappings merge key by key, any other value replaces what an earlier layer
+set (a string over a mapping, a mapping over a string). Dotted CLI overrides, the resolved config saved
+with the run. An experiment file may name one parent with a top-level ``extends: path`` (relative to
+``configs/``, or to the file itself); parents may extend further, cycles are an error. A callback set to
+``null`` in a child removes the callback inherited from its parent.
+
+Config groups with a string shorthand (``model.generator: stylegan2-ffhq-256`` is ``{checkpoint:
+stylegan2-ffhq-256}``): when a later layer gives the group as a mapping, an earlier layer's string is
+first expanded to its mapping, so ``model.generator.which=g`` adds to the checkpoint instead of dropping it.
+Key and type validation lives in :mod:`launch.schema`.
 """
 from __future__ import annotations
 
 import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -87,9 +93,60 @@ def drop_disabled_callbacks(cfg: DictConfig) -> None:
             del callbacks[name]
 
 
-def compose(config_path: str | Path, overrides: Sequence[str] = (), configs_dir: Path = CONFIGS_DIR) -> DictConfig:
+def group_shorthands(method: Any, methods: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """``{model key: shorthand field}`` of the config groups with a string shorthand that ``method`` (a
+    registry name or import string) takes; ``{}`` when the method cannot be resolved (validation reports
+    that)."""
+    from launch.registry import resolve
+    from launch.schema import constructor_params
+    from lightning_modules.config_groups import group_of
+
+    if methods is None:
+        from lightning_modules import METHODS
+        methods = METHODS
+    try:
+        method_cls = resolve("method", method, methods)
+    except Exception:  # noqa: BLE001 - an unknown or broken method: validation names the problem
+        return {}
+    shorthands = {}
+    for param in constructor_params(method_cls)[0]:
+        group, _ = group_of(param.hint)
+        if group is not None and group.shorthand:
+            shorthands[param.name] = group.shorthand
+    return shorthands
+
+
+def expand_shorthands(layers: Sequence[DictConfig], shorthands: Mapping[str, str], section: str = "model") -> None:
+    """In place: a string (or ``???``) a layer gives for ``<section>.<key>`` becomes ``{shorthand: value}``
+    when a later layer gives that key as a mapping (which then merges into it instead of replacing it)."""
+    raw = [_raw_section(layer, section) for layer in layers]
+    for key, field in shorthands.items():
+        for i, values in enumerate(raw):
+            if not isinstance(values.get(key), str):
+                continue
+            if any(isinstance(later.get(key), dict) for later in raw[i + 1:]):
+                layers[i][section][key] = OmegaConf.create({field: values[key]})  # "???" stays missing
+                values[key] = {field: values[key]}
+
+
+def _raw_section(layer: DictConfig, section: str) -> dict:
+    """``layer[section]`` as plain containers, interpolations and ``???`` as written (``{}`` if absent)."""
+    if not isinstance(layer, DictConfig) or section not in layer or OmegaConf.is_missing(layer, section):
+        return {}
+    try:
+        node = layer[section]
+    except OmegaConfBaseException:  # an interpolation that only resolves in the merged config
+        return {}
+    if not isinstance(node, DictConfig):
+        return {}
+    return OmegaConf.to_container(node, resolve=False)  # type: ignore[return-value]
+
+
+def compose(config_path: str | Path, overrides: Sequence[str] = (), configs_dir: Path = CONFIGS_DIR,
+            methods: Mapping[str, Any] | None = None) -> DictConfig:
     """Merge base, experiment chain and overrides; fill ``experiment`` from the file name; check ``???``.
 
+    ``methods`` is the method registry used to find group shorthands (default: ``lightning_modules.METHODS``).
     The result is not yet validated against constructors (see :func:`launch.schema.validate`).
     """
     config_path = Path(config_path)
@@ -98,8 +155,15 @@ def compose(config_path: str | Path, overrides: Sequence[str] = (), configs_dir:
     cli = parse_overrides(overrides)
     if EXTENDS_KEY in cli:
         raise ConfigError(f"'{EXTENDS_KEY}' cannot be given on the command line; put it in the config file")
+    all_layers = [base, *layers, cli]
     try:
-        cfg = OmegaConf.merge(base, *layers, cli)
+        cfg = OmegaConf.merge(*all_layers)
+        method = OmegaConf.select(cfg, "method", default=None, throw_on_missing=False)
+        if isinstance(method, str) and method != "???":
+            shorthands = group_shorthands(method, methods)
+            if shorthands:
+                expand_shorthands(all_layers, shorthands)
+                cfg = OmegaConf.merge(*all_layers)
     except OmegaConfBaseException as err:
         raise ConfigError(f"cannot merge configs: {err}") from err
     assert isinstance(cfg, DictConfig)

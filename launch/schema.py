@@ -1,19 +1,35 @@
-"""Strict validation of a composed config (DESIGN.md contract 6; spec frameworks.md §4.4 item 14).
+"""Strict validation of a composed config: every key must mean something, every value must fit its type.
 
-Every key must mean something: top-level sections are fixed; ``model`` keys are checked against the
-method's constructor, ``data`` against the datamodule's, ``trainer`` against ``pytorch_lightning.Trainer``,
-each ``callbacks.<name>`` against that callback's constructor, ``logger.wandb`` and ``checkpoint`` against
-fixed schemas. All problems are reported at once, each unknown key with its closest valid spellings.
+Top-level sections are fixed; ``model`` keys are checked against the method's constructor, ``data``
+against the datamodule's, ``trainer`` against ``pytorch_lightning.Trainer``, each ``callbacks.<name>``
+against that callback's constructor, ``logger.wandb`` and ``checkpoint`` against fixed schemas. All
+problems are reported at once, each unknown key with its closest valid spellings.
+
+How a constructor's keys are found (:func:`constructor_params`):
+
+* its named parameters; when it also takes ``**kwargs``, the named parameters of the next class in the
+  MRO that defines its own ``__init__`` (where the keywords are forwarded by ``super().__init__``),
+  repeated while that one takes ``**kwargs`` too. A chain that never ends (it reaches ``object`` still
+  taking ``**kwargs``) leaves unknown keys unchecked;
+* a parameter annotated with a config group (``GeneratorSpec | Mapping | str | None``, see
+  :mod:`lightning_modules.config_groups`) takes a mapping of the group's fields, checked key by key
+  (``model.gan.r1_gamma``), or a string when the group has a shorthand;
+* every value is checked against its parameter's type hint where YAML can express it (bool, int, float,
+  str, null, ``Literal``, unions, lists, mappings); other hints are not checked.
+
+The metrics callback's ``metrics`` entries are parsed as the callback will parse them, so a misspelt
+metric name stops a dry run too.
 """
 from __future__ import annotations
 
 import inspect
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from launch.errors import ConfigError
 from launch.registry import resolve, suggest
+from lightning_modules.config_groups import resolve_hints, value_errors
 
 SECTIONS = ("experiment", "seed", "method", "model", "data", "trainer", "callbacks", "logger", "checkpoint",
             "output_dir", "mode", "ckpt_path")
@@ -54,7 +70,7 @@ class Plan:
     trainer_kwargs: dict = field(default_factory=dict)
 
 
-def unknown_key(key: str, valid: list[str], section: str) -> str:
+def unknown_key(key: str, valid: Sequence[str], section: str) -> str:
     """``unknown key 'model.lr_g': did you mean 'model.g_lr'? valid keys: model.a, model.g_lr``."""
     prefix = f"{section}." if section else ""
     hint = suggest(key, valid, prefix)
@@ -68,20 +84,122 @@ def check_keys(section: str, given: Mapping, valid: list[str] | tuple[str, ...],
             errors.append(unknown_key(str(key), list(valid), section))
 
 
+@dataclass(frozen=True)
+class Param:
+    """One keyword a constructor accepts: its default (``inspect.Parameter.empty`` if required), type
+    hint (``Any`` when unknown) and the qualified name of the function that declares it."""
+
+    name: str
+    default: Any
+    hint: Any
+    owner: str
+
+    @property
+    def required(self) -> bool:
+        return self.default is inspect.Parameter.empty
+
+
+def _declared(func: Callable, owner: str, drop_first: bool) -> tuple[list[Param], bool]:
+    """Keyword parameters ``func`` declares and whether it takes ``**kwargs`` (``drop_first``: ``self``).
+
+    Raises ``TypeError`` or ``ValueError`` when ``func`` has no signature (some builtins).
+    """
+    signature = inspect.signature(func)
+    params = list(signature.parameters.values())
+    if drop_first and params and params[0].kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                                    inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        params = params[1:]  # self
+    hints = resolve_hints(func)
+    named = [Param(p.name, p.default, hints.get(p.name, Any), owner) for p in params
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return named, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def constructor_params(target: Callable) -> tuple[list[Param], bool]:
+    """The keyword arguments ``target`` (a class: its ``__init__``) accepts, following ``**kwargs`` up the
+    MRO, and whether that list is complete (``False``: some ``**kwargs`` goes nowhere checkable).
+
+    A name declared by several ``__init__`` of the chain is the most derived one's.
+    """
+    if not isinstance(target, type):
+        try:
+            declared, var_keyword = _declared(target, getattr(target, "__qualname__", repr(target)), drop_first=False)
+        except (TypeError, ValueError):
+            return [], False
+        return declared, not var_keyword
+    params: dict[str, Param] = {}
+    for klass in target.__mro__:
+        init = vars(klass).get("__init__")
+        if init is None:
+            continue
+        try:
+            declared, var_keyword = _declared(init, klass.__qualname__, drop_first=True)
+        except (TypeError, ValueError):  # builtins without a signature: nothing to check against
+            return list(params.values()), False
+        for param in declared:
+            params.setdefault(param.name, param)
+        if not var_keyword:
+            return list(params.values()), True
+    return list(params.values()), False
+
+
 def check_signature(section: str, given: Mapping, target: Callable, errors: list[str],
-                    exclude: tuple[str, ...] = ()) -> None:
-    """Unknown and missing keyword arguments of ``target`` (a class: its ``__init__``), minus ``exclude``."""
-    try:
-        params = inspect.signature(target).parameters.values()
-    except (TypeError, ValueError):  # builtins without a signature: nothing to check against
+                    exclude: tuple[str, ...] = (), check_types: bool = True) -> None:
+    """Unknown, missing and ill-typed keyword arguments of ``target`` (a class: its ``__init__``, with
+    the ``**kwargs`` chain of :func:`constructor_params`), minus ``exclude``."""
+    found, complete = constructor_params(target)
+    params = {p.name: p for p in found if p.name not in exclude}
+    if complete:
+        check_keys(section, given, list(params), errors)
+    for param in params.values():
+        if param.required and param.name not in given:
+            errors.append(f"missing required key '{section}.{param.name}' ({param.owner} has no default for it)")
+    if not check_types:
         return
-    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in exclude]
-    if not any(p.kind is p.VAR_KEYWORD for p in params):
-        check_keys(section, given, [p.name for p in named], errors)
-    owner = getattr(target, "__qualname__", repr(target))
-    for p in named:
-        if p.default is p.empty and p.name not in given:
-            errors.append(f"missing required key '{section}.{p.name}' ({owner} has no default for it)")
+    for key, value in given.items():
+        param = params.get(key)
+        if param is not None:
+            errors.extend(value_errors(value, param.hint, f"{section}.{key}", none_ok=param.default is None,
+                                       unknown_key=unknown_key))
+    for import_string, check in DEEP_CHECKS.items():
+        if any(f"{k.__module__}:{k.__qualname__}" == import_string for k in getattr(target, "__mro__", ())):
+            check(section, given, errors)
+
+
+def _check_metric_entries(section: str, given: Mapping, errors: list[str]) -> None:
+    """Parse ``<section>.metrics`` as the metrics callback will (a bad entry: an error naming it)."""
+    metrics = given.get("metrics")
+    if not isinstance(metrics, Mapping) or not metrics:
+        return  # reported by the type check or the callback itself
+    from metrics import specs
+
+    parse_all = getattr(specs, "parse_specs", None)
+    parse_one = getattr(specs, "parse_spec", None)
+    if parse_all is None and parse_one is None:
+        return
+    failed = False
+    for name, options in metrics.items():
+        if options is None:
+            continue  # disabled
+        try:
+            if parse_all is not None:
+                parse_all({name: options})
+            else:
+                parse_one(name, options)
+        except ValueError as err:
+            failed = True
+            errors.append(f"'{section}.metrics.{name}': {err}")
+    if not failed and parse_all is not None:
+        try:  # checks across entries
+            parse_all(dict(metrics))
+        except ValueError as err:
+            errors.append(f"'{section}.metrics': {err}")
+
+
+#: classes (import string) whose arguments get a further check: ``check(section, kwargs, errors)``
+DEEP_CHECKS: dict[str, Callable[[str, Mapping, list[str]], None]] = {
+    "callbacks.metrics:MetricsCallback": _check_metric_entries,
+}
 
 
 def _is_mapping(value: Any) -> bool:
@@ -171,7 +289,8 @@ def validate(cfg: Mapping, registries: Registries | None = None) -> Plan:
         if key in trainer_kwargs:
             errors.append(f"'trainer.{key}' is set by the launcher; use {where} instead")
             trainer_kwargs.pop(key)
-    check_signature("trainer", trainer_kwargs, pl.Trainer, errors, exclude=tuple(MANAGED_TRAINER_KEYS))
+    check_signature("trainer", trainer_kwargs, pl.Trainer, errors, exclude=tuple(MANAGED_TRAINER_KEYS),
+                    check_types=False)
 
     callbacks = []
     for name, kwargs in cfg["callbacks"].items():

@@ -219,6 +219,19 @@ class MethodModule(HoldsFrozen, pl.LightningModule):
                                  f"supported: {', '.join(self.supported_precisions)}")
         self.base_seed  # noqa: B018 - fixes the seed before the first step
 
+    def on_train_start(self) -> None:
+        """With ``grad_reset="zero"``, a parameter that had a gradient before holds a zero gradient tensor;
+        gradients are not in checkpoints, so after a resume they are re-created for every parameter the
+        optimizers hold a state for (it was stepped before), keeping a resumed run equal to an uninterrupted one."""
+        if self.grad_reset != "zero":
+            return
+        optimizers = self.trainer.optimizers if self._trainer is not None else []
+        for optimizer in optimizers:
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    if p.grad is None and optimizer.state.get(p):
+                        p.grad = torch.zeros_like(p)
+
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         """No-op: metric callbacks evaluate the samplers."""
 

@@ -138,11 +138,12 @@ class MixDLModule(StyleGAN2Module):
         w = self.generator.get_latent(self.sample_z(coeffs.shape[1]))
         return w, mix_latents(w, coeffs)
 
-    def patch_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Patch-level D output [B, 1, H, W] through a patch head drawn for this call (spec §2.2)."""
+    def patch_logits(self, images: torch.Tensor, augment: bool = True) -> torch.Tensor:
+        """Patch-level D output [B, 1, H, W] through a patch head drawn for this call (spec §2.2), of the
+        augmented ``images`` (``augment=False``: as given)."""
         index = int(torch.randint(len(self.patch_heads), (), generator=self.rng, device=self.rng.device))
-        return patch_logits(self.discriminator, self.patch_heads, self.augment(images), index,
-                            self.patch_resolutions)
+        x = self.augment(images) if augment else images
+        return patch_logits(self.discriminator, self.patch_heads, x, index, self.patch_resolutions)
 
     # ------------------------------------------------------------------------------ mixup phases
     def mixup_discriminator_loss(self, real: torch.Tensor, coeffs: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -152,14 +153,16 @@ class MixDLModule(StyleGAN2Module):
             w, w_mix = self.anchors_and_mixes(coeffs)
             # anchors and mixes in one G call of 2B images (the released code makes two calls of B)
             images = self.synthesize(torch.cat([w, w_mix]))
-        mixes = images[n:]
-        real_patch, mix_patch = self.patch_logits(real), self.patch_logits(mixes)
+        real_patch = self.patch_logits(real)
+        # one augmented copy of anchors and mixes serves the patch and the similarity pass (released code)
+        augmented = self.augment(images)
+        mix_patch = self.patch_logits(augmented[n:], augment=False)
         adversarial = d_logistic_loss(real_patch.float(), mix_patch.float())
         loss = adversarial
         logs = {"loss/D_patch": adversarial, "D/real_patch_logits": real_patch.float().mean(),
                 "D/mix_patch_logits": mix_patch.float().mean()}
         if self.d_distance:
-            _, feats = self.discriminator(self.augment(images), return_feats=True)
+            _, feats = self.discriminator(augmented, return_feats=True)
             u = self.distance_head(penultimate_features(self.discriminator, feats[-1])).float()
             distance = d_distance_loss(u[n:], u[:n], coeffs, self.kl_reduction)
             loss = loss + self.d_kl_weight * distance
@@ -168,8 +171,8 @@ class MixDLModule(StyleGAN2Module):
         return loss, logs
 
     def mixup_discriminator_reg(self, real: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Lazy R1 on the mean patch logit of a random head (MixDL's regulariser on the patch D)."""
-        return self.lazy_r1(lambda x: self.patch_logits(x).flatten(1).mean(1, keepdim=True), real)
+        """Lazy R1 on the mean patch logit of a random head at the un-augmented reals (released code)."""
+        return self.lazy_r1(lambda x: self.patch_logits(x, augment=False).flatten(1).mean(1, keepdim=True), real)
 
     def mixup_generator_loss(self, real: torch.Tensor, coeffs: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """G step of a mixup iteration: patch-level adversarial loss on mixes + G-side distance (§2.3, §2.4)."""
