@@ -17,18 +17,25 @@ logit scale is 100). ``L_norm`` uses the first CLIP model (ViT-B/32 by default) 
 ``f`` is the ArcFace IR-SE50 identity network of the asset slot ``identity-arcface-ir-se50`` (faces only):
 when that file is absent the identity term is skipped with a warning that says how to get it.
 
-Defaults follow the reference: λ = (1.0, 0.8, 0.1, 0.5), batch 2, lr 0.5. Deviations: Adam instead of
-Ranger (not part of torch); fresh latents every step instead of a fixed pool of 5000 (the reference's pool is
-also indexed with overlapping windows, §A8 "[analysis] bug").
+Defaults follow the reference (StyleCLIP's mapper code as vendored by StyleGAN-NADA): λ = (1.0, 0.8, 0.1, 0.5),
+batch 2, the PixelNorm of each sub-mapper across the codes of its group (``mapper_norm="group"``), and Ranger
+with lr 0.5 (:class:`Ranger`: RAdam + Lookahead + gradient centralization, β = (0.95, 0.999), eps 1e-5,
+k 6, α 0.5, rectification threshold 5, no weight decay).
+
+Deviation switches (not the reference): ``mapper_norm="code"`` normalizes every W+ code over its own channels;
+``optimizer="adam"`` trains with ``torch.optim.Adam(lr)``. Deviation that always applies: fresh latents every
+step instead of the reference's fixed pool of 5000 (which it also indexes with overlapping windows).
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
+from pytorch_ranger import Ranger as _PackageRanger
 from torch import Tensor
 
 from lightning_modules.base import MethodModule
@@ -41,6 +48,56 @@ from models.latent_mapper import build_mapper
 from models.sampler import Sampler, latent_sampler
 
 IDENTITY_ASSET = "identity-arcface-ir-se50"
+#: the reference's Ranger settings for the mapper (lr: the module's ``lr``, 0.5 by default)
+RANGER_DEFAULTS = {"alpha": 0.5, "k": 6, "N_sma_threshhold": 5, "betas": (0.95, 0.999), "eps": 1e-5,
+                   "weight_decay": 0.0}
+# pytorch-ranger calls the ``add_(Number, Tensor)`` / ``addcmul_(Number, Tensor, Tensor)`` overloads
+_RANGER_DEPRECATION = r"This overload of add(cmul|cdiv)?_ is deprecated"
+
+
+class Ranger(_PackageRanger):
+    """Ranger as StyleCLIP trains its mapper with: RAdam + Lookahead + gradient centralization.
+
+    RAdam and Lookahead are those of the ``pytorch-ranger`` package (which the reference's algorithm matches
+    apart from gradient centralization). Added here, before the package's update:
+
+    * gradient centralization (the reference's default ``use_gc=True, gc_conv_only=False``): the gradient of
+      every parameter with more than one dimension (the EqualLinear weights; not the biases) has its mean
+      over all dimensions but the first removed, ``g <- g - mean_{1..}(g)``, in place as in the reference;
+    * ``closure`` is evaluated (the package and the reference ignore it); Lightning passes one that runs the
+      ``on_before_optimizer_step`` hooks.
+
+    The package's deprecation warnings about the ``add_``/``addcmul_`` overloads it uses are silenced here.
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float, *, centralize_gradients: bool = True, **kwargs: Any):
+        super().__init__(params, lr=lr, **kwargs)
+        self.centralize_gradients = bool(centralize_gradients)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self.centralize_gradients:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None and p.grad.dim() > 1:
+                        p.grad.sub_(p.grad.mean(dim=tuple(range(1, p.grad.dim())), keepdim=True))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_RANGER_DEPRECATION, category=UserWarning)
+            super().step()
+        return loss
+
+
+def mapper_optimizer(params: Iterable[Any], optimizer: str = "ranger", lr: float = 0.5) -> torch.optim.Optimizer:
+    """The mapper's optimizer: ``"ranger"`` (reference, :data:`RANGER_DEFAULTS`) or ``"adam"`` (torch defaults)."""
+    if optimizer == "ranger":
+        return Ranger(params, lr=lr, **RANGER_DEFAULTS)
+    if optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    raise ValueError(f"optimizer must be 'ranger' or 'adam', got {optimizer!r}")
 
 
 class NADAMapperModule(MethodModule):
@@ -52,10 +109,14 @@ class NADAMapperModule(MethodModule):
         description: the text the edited images should match (single prompt, no templates).
         clip_models: as :class:`~lightning_modules.nada.NADAModule` (default ViT-B/32 and ViT-B/16, weight 1).
         mapper: ``"levels"`` (default) or ``"single"``; ``coarse``/``medium``/``fine`` switch levels off.
+        mapper_norm: where each sub-mapper's PixelNorm normalizes: ``"group"`` (default, reference: across the
+            W+ codes of its group, channel by channel) or ``"code"`` (deviation: over each code's channels).
         edit_scale: ``w' = w + edit_scale · M(w)`` (0.1).
         lambda_clip, lambda_latent, lambda_id, lambda_norm: loss weights (1.0, 0.8, 0.1, 0.5).
         identity: identity network weights (asset name or file); missing -> the identity term is skipped.
-        lr: Adam learning rate (0.5, the reference's Ranger rate; the EqualLinear lr_mul 0.01 scales it).
+        optimizer: ``"ranger"`` (default, reference: :class:`Ranger` with :data:`RANGER_DEFAULTS`) or
+            ``"adam"`` (deviation: ``torch.optim.Adam`` with its defaults).
+        lr: learning rate of either optimizer (0.5, the reference's; the EqualLinear lr_mul 0.01 scales it).
         truncation: psi of the training and sampling latents (0.7).
         clip_dtype: as NADAModule.
         **base: ``seed``, ``nan_policy``, ``total_kimg``.
@@ -67,9 +128,11 @@ class NADAMapperModule(MethodModule):
     def __init__(self, generator: GeneratorSpec | Mapping[str, Any] | str | None = None, *,
                  description: str | None = None,
                  clip_models: Sequence[Mapping[str, Any]] | None = None, mapper: str = "levels",
+                 mapper_norm: Literal["group", "code"] = "group",
                  coarse: bool = True, medium: bool = True, fine: bool = True, edit_scale: float = 0.1,
                  lambda_clip: float = 1.0, lambda_latent: float = 0.8, lambda_id: float = 0.1,
-                 lambda_norm: float = 0.5, identity: str | None = IDENTITY_ASSET, lr: float = 0.5,
+                 lambda_norm: float = 0.5, identity: str | None = IDENTITY_ASSET,
+                 optimizer: Literal["ranger", "adam"] = "ranger", lr: float = 0.5,
                  truncation: float = 0.7, clip_dtype: str = "float32", **base: Any):
         super().__init__(**base)
         self.save_hyperparameters()
@@ -77,6 +140,8 @@ class NADAMapperModule(MethodModule):
             raise ValueError("model.description (the text the mapper edits toward) is required")
         if clip_dtype not in DTYPES:
             raise ValueError(f"clip_dtype must be one of {sorted(DTYPES)}, got {clip_dtype!r}")
+        if optimizer not in ("ranger", "adam"):
+            raise ValueError(f"optimizer must be 'ranger' or 'adam', got {optimizer!r}")
         if not 0.0 < truncation <= 1.0:
             raise ValueError(f"truncation must be in (0, 1], got {truncation}")
         for key, value in (("lambda_clip", lambda_clip), ("lambda_latent", lambda_latent), ("lambda_id", lambda_id),
@@ -88,8 +153,8 @@ class NADAMapperModule(MethodModule):
         check_assets([spec.checkpoint] + [e["pretrained"] for e in entries], what="The NADA latent mapper")
 
         g = self.hold("decoder", spec.generator())  # the frozen generator being mined
-        self.mapper = build_mapper(mapper, int(g.style_dim), int(g.n_latent), coarse=coarse, medium=medium,
-                                   fine=fine)
+        self.mapper = build_mapper(mapper, int(g.style_dim), int(g.n_latent), norm=mapper_norm, coarse=coarse,
+                                   medium=medium, fine=fine)
         # CLIPModel holds its weights as a frozen network: nothing of CLIP is saved or optimized
         self.clips = torch.nn.ModuleList([build_clip(e, "reference", DTYPES[clip_dtype]) for e in entries])
         self.clip_weights = [e["weight"] for e in entries]
@@ -101,7 +166,7 @@ class NADAMapperModule(MethodModule):
             self.identity_net, self.lambdas["id"] = None, 0.0
         else:
             self.hold("identity_net", identity_net)
-        self.lr = float(lr)
+        self.optimizer_name, self.lr = optimizer, float(lr)
 
     @staticmethod
     def _load_identity(identity: str | None):
@@ -174,7 +239,7 @@ class NADAMapperModule(MethodModule):
         self.end_iteration(z.shape[0], logs)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.mapper.parameters(), lr=self.lr)
+        return mapper_optimizer(self.mapper.parameters(), self.optimizer_name, self.lr)
 
     # ------------------------------------------------------------------------------ sampling and export
     def samplers(self) -> dict[str, Sampler]:
@@ -189,12 +254,12 @@ class NADAMapperModule(MethodModule):
         """``{"mapper": state dict, "config": {...}}`` (plain data, ``torch.load(weights_only=True)``)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        config = {k: self.hparams[k] for k in ("mapper", "coarse", "medium", "fine", "edit_scale", "description",
-                                               "truncation")}
+        config = {k: self.hparams[k] for k in ("mapper", "mapper_norm", "coarse", "medium", "fine", "edit_scale",
+                                               "description", "truncation")}
         config.update(style_dim=int(self.decoder.style_dim), n_latent=int(self.decoder.n_latent))
         torch.save({"mapper": {k: v.detach().cpu() for k, v in self.mapper.state_dict().items()}, "config": config},
                    path)
         return path
 
 
-__all__ = ["NADAMapperModule", "IDENTITY_ASSET"]
+__all__ = ["NADAMapperModule", "IDENTITY_ASSET", "Ranger", "RANGER_DEFAULTS", "mapper_optimizer"]
