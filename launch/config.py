@@ -99,7 +99,7 @@ def group_shorthands(method: Any, methods: Mapping[str, Any] | None = None) -> d
     that)."""
     from launch.registry import resolve
     from launch.schema import constructor_params
-    from lightning_modules.config_groups import group_of
+    from lightning_modules.config_check import group_of
 
     if methods is None:
         from lightning_modules import METHODS

@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from launch.errors import ConfigError
 from launch.registry import resolve, suggest
-from lightning_modules.config_groups import resolve_hints, value_errors
+from lightning_modules.config_check import resolve_hints, value_errors
 
 SECTIONS = ("experiment", "seed", "method", "model", "data", "trainer", "callbacks", "logger", "checkpoint",
             "output_dir", "mode", "ckpt_path")

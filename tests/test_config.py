@@ -18,7 +18,8 @@ from launch.config import CONFIGS_DIR, compose, experiment_chain, read_yaml, to_
 from launch.errors import ConfigError
 from launch.run import prepare
 from launch.schema import Registries, check_signature, constructor_params, validate
-from lightning_modules.config_groups import GANSettings, GeneratorSpec, coerce_group, value_errors
+from lightning_modules.config_check import value_errors
+from lightning_modules.config_groups import GANSettings, GeneratorSpec, coerce_group
 
 ROOT = Path(__file__).resolve().parents[1]
 
