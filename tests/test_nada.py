@@ -340,3 +340,24 @@ def test_non_finite_clip_loss_follows_the_nan_policy(tmp_path, monkeypatch):
         skipped = run(make_module(auto_layer_iters=0, nan_policy="skip", total_kimg=0.006))
     assert skipped.nan_skips == 1 and skipped.iteration == 3
     assert all(torch.isfinite(p).all() for p in skipped.g_train.parameters())
+
+
+def test_samplers_render_at_the_reference_psi_and_metric_protocols_record_it():
+    module = make_module(auto_layer_iters=0)
+    assert module.sample_truncation == 0.7
+    samplers = module.samplers()
+    assert samplers["source"].truncation == samplers["adapted"].truncation == 0.7
+    z = seeded_normal(range(3), 5, 32)
+    with torch.no_grad():
+        w = module.g_frozen.style(z)
+        mean = module.mean_w(module.g_frozen)
+        expected, _ = module.g_frozen([mean + 0.7 * (w - mean)], input_is_latent=True, randomize_noise=False)
+        torch.testing.assert_close(samplers["source"].render(range(3), 5), expected.clamp(-1, 1), rtol=0, atol=1e-6)
+    from metrics.protocol import MetricProtocol
+
+    proto = MetricProtocol(metric="clip_direction", num_gen=8, extractor="clip:x",
+                           truncation=samplers["adapted"].truncation)
+    assert "_trunc0.7" in proto.key("adapted") and proto.to_dict()["truncation"] == 0.7
+    untruncated = make_module(auto_layer_iters=0, sample_truncation=1.0).samplers()["adapted"]
+    assert "_trunc" not in MetricProtocol(metric="clip_direction", num_gen=8, extractor="clip:x",
+                                          truncation=untruncated.truncation).key("adapted")
