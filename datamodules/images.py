@@ -211,14 +211,21 @@ class ImageDataModule(GANDataModule):
         drop_last: drop the last incomplete batch (a dataset smaller than a batch is then an error).
         seed: seed of the training loader's shuffle.
         reference_max_images: cap (first N sorted readable names) on the ``"full"`` reference set.
+        holdout: hold out the last N files (sorted names) from training and from the ``"full"`` set: they
+            form the ``"holdout"`` reference set (test images of an inversion method, e.g. the last 5,000
+            of FFHQ's 70,000).
     """
 
     def __init__(self, path: str, resolution: int, batch_size: int = 4, num_workers: int = 0,
                  xflip: bool = True, resize_filter: str = "lanczos", crop: str = "center",
                  max_images: int | None = None, fewshot: int | None = None, fewshot_seed: int = 0,
                  manifest: str | None = None, drop_last: bool = True, seed: int = 0,
-                 reference_max_images: int | None = None) -> None:
+                 reference_max_images: int | None = None, holdout: int = 0) -> None:
         super().__init__()
+        if not isinstance(holdout, int) or isinstance(holdout, bool) or holdout < 0:
+            raise ValueError(f"holdout must be an integer >= 0, got {holdout!r}")
+        self.holdout = holdout
+        self._holdout_names: list[str] = []
         check_options(resolution, resize_filter, crop)
         check_subset_args(fewshot, manifest, max_images)
         check_subset_args(None, None, reference_max_images)
@@ -246,6 +253,12 @@ class ImageDataModule(GANDataModule):
         self._all_names = source.names()
         if not self._all_names:
             raise ValueError(f"no image files ({' '.join(IMAGE_EXTENSIONS)}) found in {source.location}")
+        if self.holdout:
+            if self.holdout >= len(self._all_names):
+                raise ValueError(f"holdout={self.holdout} leaves no training image: {source.location} holds "
+                                 f"{len(self._all_names)} image files")
+            self._all_names, self._holdout_names = (self._all_names[:-self.holdout],
+                                                    self._all_names[-self.holdout:])
         options = {"resolution": self.resolution, "resize_filter": self.resize_filter, "crop": self.crop}
         self.store = ImageStore(source, options, self.num_workers)
 
@@ -272,6 +285,10 @@ class ImageDataModule(GANDataModule):
     def _selection_order(self, source: ImageSource) -> tuple[list[str], int]:
         if self.manifest is not None:
             names = read_manifest(self.manifest)
+            held = set(self._holdout_names).intersection(names)
+            if held:
+                raise ValueError(f"manifest {self.manifest} names {len(held)} held-out file(s) "
+                                 f"(data.holdout={self.holdout}): {sorted(held)[:5]}")
             known = set(self._all_names)
             missing = [n for n in names if n not in known]
             if missing:
@@ -319,14 +336,17 @@ class ImageDataModule(GANDataModule):
     # ---------------------------------------------------------------------------------- metrics
 
     def reference_set(self, which: str = "full") -> ReferenceSet:
-        """Preprocessed, unflipped uint8 images for metrics: ``"train"`` (the chosen subset) or ``"full"``."""
+        """Preprocessed, unflipped uint8 images for metrics: ``"train"`` (the chosen subset), ``"full"`` (all
+        files but the held-out ones) or ``"holdout"`` (the held-out files, see ``holdout``)."""
         self._ensure_setup()
         if which == "train":
             names = self.manifest_names
         elif which == "full":
             names = self._full_reference_names()
+        elif which == "holdout":
+            names = self._holdout_reference_names()
         else:
-            raise ValueError(f"which={which!r}: expected 'full' or 'train'")
+            raise ValueError(f"which={which!r}: expected 'full', 'train' or 'holdout'")
         store = self.store
 
         def batches(batch_size: int) -> Iterator[torch.Tensor]:
@@ -338,6 +358,19 @@ class ImageDataModule(GANDataModule):
             length=len(names), batches_fn=batches, resolution=self.resolution, xflip=False,
             info={"path": str(self.path), "which": which, "preprocessing": dict(self.preprocessing),
                   "num_files": len(self._all_names)})
+
+    def _holdout_reference_names(self) -> list[str]:
+        if not self._holdout_names:
+            raise ValueError("no held-out images: set data.holdout to the number of files to hold out")
+        if not hasattr(self, "_holdout_readable"):
+            decode = len(self._holdout_names) * 3 * self.resolution ** 2 <= IN_MEMORY_MAX_BYTES
+            names, bad = self.store.take_readable(self._holdout_names, len(self._holdout_names), decode,
+                                                  desc="held-out images")
+            if bad:
+                rank_zero_warn("held-out set: skipped " + _describe_bad(bad, self.store.source.location),
+                               category=UnreadableImageWarning)
+            self._holdout_readable = names
+        return self._holdout_readable
 
     def _full_reference_names(self) -> list[str]:
         if self._full_names is None:

@@ -256,12 +256,17 @@ class ToyDataModule(GANDataModule):
         kind: ``"faces"`` or ``"shapes"``.
         fewshot, fewshot_seed: train on N images chosen like ImageDataModule (seeded permutation).
         xflip: add mirrored copies of every image.
+        holdout: N further images (indices ``num_images..num_images+N-1``), never trained on: the
+            ``"holdout"`` reference set (test images of an inversion method).
     """
 
     def __init__(self, resolution: int = 32, num_images: int = 2048, batch_size: int = 16, seed: int = 0,
                  kind: str = "faces", fewshot: int | None = None, fewshot_seed: int = 0,
-                 xflip: bool = False, num_workers: int = 0) -> None:
+                 xflip: bool = False, num_workers: int = 0, holdout: int = 0) -> None:
         super().__init__()
+        if not isinstance(holdout, int) or isinstance(holdout, bool) or holdout < 0:
+            raise ValueError(f"holdout must be an integer >= 0, got {holdout!r}")
+        self.holdout = holdout
         if kind not in KINDS:
             raise ValueError(f"kind={kind!r} is not one of {list(KINDS)}")
         if not isinstance(resolution, int) or resolution < 8:
@@ -284,7 +289,12 @@ class ToyDataModule(GANDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._is_setup:
             return
-        self.images, self.factors = render_toy(range(self.num_images), self.resolution, self.kind, self.seed)
+        total = self.num_images + self.holdout
+        images, factors = render_toy(range(total), self.resolution, self.kind, self.seed)
+        self.images, self.factors = images[:self.num_images], {k: v[:self.num_images] for k, v in factors.items()}
+        #: the held-out images and their factors
+        self.holdout_images = images[self.num_images:]
+        self.holdout_factors = {k: v[self.num_images:] for k, v in factors.items()}
         names = [toy_name(i) for i in range(self.num_images)]
         if self.fewshot is not None:
             names = sorted(fewshot_order(names, self.fewshot_seed)[:self.fewshot])
@@ -304,14 +314,19 @@ class ToyDataModule(GANDataModule):
         return self.train_loader(dataset, self.batch_size, self.seed, True, self.num_workers)
 
     def reference_set(self, which: str = "full") -> ReferenceSet:
-        """Unflipped uint8 toy images: ``"full"`` (all ``num_images``) or ``"train"`` (the few-shot subset)."""
+        """Unflipped uint8 toy images: ``"full"`` (all ``num_images``), ``"train"`` (the few-shot subset) or
+        ``"holdout"`` (the ``holdout`` images after them)."""
         self._ensure_setup()
         if which == "full":
             images = self.images
         elif which == "train":
             images = self.images[self.train_indices]
+        elif which == "holdout":
+            if not self.holdout:
+                raise ValueError("no held-out images: set data.holdout to the number of images to hold out")
+            images = self.holdout_images
         else:
-            raise ValueError(f"which={which!r}: expected 'full' or 'train'")
+            raise ValueError(f"which={which!r}: expected 'full', 'train' or 'holdout'")
         h = hashlib.sha256(json.dumps({"which": which, **self.preprocessing}, sort_keys=True).encode())
         h.update(images.contiguous().numpy().tobytes())
 

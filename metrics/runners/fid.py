@@ -30,7 +30,7 @@ class FIDSpec(MetricSpec):
 
     def validate(self) -> None:
         super().validate()
-        check_choice(self, "reference", ("full", "train"))
+        check_choice(self, "reference", ("full", "train", "holdout"))
         if self.resize is not None:
             check_choice(self, "resize", ("clean", "legacy_tensorflow", "none"))
 

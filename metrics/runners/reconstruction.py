@@ -36,7 +36,7 @@ class ReconstructionSpec(LPIPSSpecBase):
 
     def validate(self) -> None:
         super().validate()
-        check_choice(self, "reference", ("full", "train"))
+        check_choice(self, "reference", ("full", "train", "holdout"))
 
 
 @register_metric("reconstruction", ReconstructionSpec, sampler_need=PAIRED_SAMPLER)
