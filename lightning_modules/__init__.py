@@ -5,4 +5,5 @@ METHODS = {
     "mixdl": "lightning_modules.mixdl:MixDLModule",
     "nada": "lightning_modules.nada:NADAModule",
     "nada_mapper": "lightning_modules.nada_mapper:NADAMapperModule",
+    "idinvert": "lightning_modules.idinvert:IDInvertModule",
 }

@@ -158,6 +158,16 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
           _HF.format(repo="vit_base_patch16_clip_224.openai"), license="MIT (OpenAI CLIP)",
           description="OpenAI CLIP ViT-B/16 in open_clip format (open_clip.create_model('ViT-B-16', pretrained=path))",
           kind="clip"),
+    Asset("vgg16-caffe-idinvert", "vgg16.pth", None,
+          license="CC BY 4.0 (VGG16 weights of Simonyan & Zisserman, Oxford VGG, Caffe release); PyTorch "
+                  "conversion by the In-Domain GAN Inversion authors (genforce/idinvert_pytorch, MIT)",
+          description="Caffe-converted VGG16 conv stack of In-Domain GAN Inversion (perceptual network F of "
+                      "models.perceptual; state-dict keys layer{i}.weight/bias; expects BGR, [0, 255], "
+                      "mean-subtracted input)", kind="perceptual",
+          instructions="download 'Perceptual Model' (vgg16.pth) from the Pretrained Models table of the "
+                       "idinvert_pytorch README (github.com/genforce/idinvert_pytorch; Google Drive file "
+                       "https://drive.google.com/file/d/1qQ-r7MYZ8ZcjQQFe17eQfJbOAuE3eS0y/view) and copy it to "
+                       "the path below"),
     Asset("identity-arcface-ir-se50", "model_ir_se50.pth", None,
           license="MIT (TreB1eN/InsightFace_Pytorch); trained on MS-Celeb-1M, check its terms",
           description="ArcFace IR-SE50 face-identity network (identity loss of pSp / StyleGAN-NADA)", kind="identity",
