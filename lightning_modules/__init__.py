@@ -6,4 +6,5 @@ METHODS = {
     "nada": "lightning_modules.nada:NADAModule",
     "nada_mapper": "lightning_modules.nada_mapper:NADAMapperModule",
     "idinvert": "lightning_modules.idinvert:IDInvertModule",
+    "expansion": "lightning_modules.expansion:ExpansionModule",
 }

@@ -1,0 +1,234 @@
+"""Domain Expansion's adaptation tasks, one repurposed latent dimension each (docs/methods/expansion.md).
+
+A task gives the latents of its expansion samples and a loss that is a **sum** over them::
+
+    sample_w(n, module) -> W [n, style_dim]        the expansion samples' own codes (replay uses them too)
+    loss(x_base, x_edit, rows, module) -> scalar    x_base = G(base(w)) (detached), x_edit = G(edit_d(w))
+
+Types (``type`` in the YAML list ``model.tasks``):
+
+* ``text``: StyleGAN-NADA's directional CLIP loss from ``source_text`` to ``target_text``
+  (``Σ_m weight_m Σ_i [1 - cos(ΔI_i, ΔT)]``, ΔI from the detached base image to the edited image, the 79
+  templates); latents are mapped fresh z.
+* ``image``: the same loss toward the CLIP direction of a few ``target_images`` (a folder).
+* ``reconstruction`` (MyStyle): ``Σ_i LPIPS(x_edit_i, y_i) + l2_weight · mean (x_edit_i - y_i)^2`` for a person's
+  aligned ``images`` and their W ``anchors`` (``<stem>.pt`` files of ``[style_dim]``, or ``[1, n_latent,
+  style_dim]`` with equal rows).
+* ``color`` / ``flip``: small differentiable toy tasks for offline runs and tests: move the mean colour of the
+  edited images to ``color``; make the edited image the mirror of the base image.
+
+Adding a task type is one small class registered in :data:`TASKS`.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from losses.clip import directional_loss, image_guided_direction
+
+__all__ = ["ExpansionTask", "TextTask", "ImageTask", "ReconstructionTask", "ColorTask", "FlipTask", "TASKS",
+           "build_tasks"]
+
+
+class ExpansionTask(nn.Module):
+    """One domain: ``name``, the requested ``dimension`` (None: assigned) and its step size ``distance``."""
+
+    kind = "task"
+    fresh_latents = True  # latents are mapped fresh z (False: the task's own anchors)
+
+    def __init__(self, name: str, dimension: int | None = None, distance: float | None = None):
+        super().__init__()
+        self.name, self.dimension, self.distance = str(name), dimension, distance
+
+    def sample_w(self, n: int, module) -> Tensor:
+        """W [n, style_dim] of ``n`` fresh z mapped by the (frozen) mapping."""
+        z = torch.randn(n, module.z_dim, device=module.device, generator=module.rng)
+        with torch.no_grad():
+            return module.generator.style(z)
+
+    def loss(self, x_base: Tensor, x_edit: Tensor, rows: Tensor, module) -> Tensor:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, dimension={self.dimension}, distance={self.distance}"
+
+
+class _CLIPDirectionTask(ExpansionTask):
+    """A directional CLIP loss toward ``direction(clip)`` for every CLIP model of the module."""
+
+    def direction(self, clip, module) -> Tensor:
+        raise NotImplementedError
+
+    def loss(self, x_base: Tensor, x_edit: Tensor, rows: Tensor, module) -> Tensor:
+        total = x_edit.new_zeros((), dtype=torch.float32)
+        for clip, weight in zip(module.clips, module.clip_weights):
+            if weight:
+                src, tgt = clip.encode_images(x_base.detach()), clip.encode_images(x_edit)
+                total = total + weight * directional_loss(src, tgt, self.direction(clip, module)) * x_edit.shape[0]
+        return total
+
+
+class TextTask(_CLIPDirectionTask):
+    kind = "text"
+
+    def __init__(self, name: str, target_text: str, source_text: str = "photo", templates: bool | Sequence[str] = True,
+                 **kw: Any):
+        super().__init__(name, **kw)
+        self.source_text, self.target_text, self.templates = source_text, target_text, templates
+
+    def direction(self, clip, module) -> Tensor:
+        return clip.text_direction(self.source_text, self.target_text, self.templates)  # cached per CLIP model
+
+
+class ImageTask(_CLIPDirectionTask):
+    kind = "image"
+
+    def __init__(self, name: str, target_images: str, source_samples: int = 16, **kw: Any):
+        super().__init__(name, **kw)
+        if not Path(target_images).is_dir():
+            raise FileNotFoundError(f"task {name!r}: target_images folder {target_images} does not exist")
+        self.target_images, self.source_samples = str(target_images), int(source_samples)
+        self._directions: dict[int, Tensor] = {}
+
+    def direction(self, clip, module) -> Tensor:
+        key = id(clip)
+        if key not in self._directions:
+            with torch.no_grad():
+                z = torch.randn(self.source_samples, module.z_dim, generator=torch.Generator().manual_seed(0))
+                w = module.basis_state.base(module.generator.style(z.to(module.device)))
+                source = module.g_frozen([w], input_is_latent=True, randomize_noise=False)[0]
+            self._directions[key] = image_guided_direction(clip, source, self.target_images).to(module.device)
+        return self._directions[key]
+
+
+def _load_person(images: str, anchors: str, name: str) -> tuple[Tensor, Tensor]:
+    """Images [N, 3, H, W] in [-1, 1] and W anchors [N, D], matched by file stem."""
+    import numpy as np
+    from PIL import Image
+
+    image_dir, anchor_dir = Path(images), Path(anchors)
+    for path in (image_dir, anchor_dir):
+        if not path.is_dir():
+            raise FileNotFoundError(f"task {name!r}: folder {path} does not exist")
+    files = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    if not files:
+        raise ValueError(f"task {name!r}: no images in {image_dir}")
+    pics, codes = [], []
+    for f in files:
+        anchor = anchor_dir / f"{f.stem}.pt"
+        if not anchor.is_file():
+            raise FileNotFoundError(f"task {name!r}: image {f.name} has no anchor {anchor}")
+        code = torch.as_tensor(torch.load(anchor, map_location="cpu", weights_only=True)).float()
+        if code.dim() == 3:
+            code = code[0]
+        if code.dim() == 2:
+            if not torch.equal(code, code[:1].expand_as(code)):
+                raise ValueError(f"task {name!r}: anchor {anchor} is a W+ code with different rows; a W code "
+                                 f"is needed")
+            code = code[0]
+        codes.append(code.reshape(-1))
+        with Image.open(f) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.float32)
+        pics.append(torch.from_numpy(arr.copy()).permute(2, 0, 1) / 127.5 - 1.0)
+    return torch.stack(pics), torch.stack(codes)
+
+
+class ReconstructionTask(ExpansionTask):
+    """MyStyle: a person's ``images`` reconstructed from ``base(anchor) + s v_d``."""
+
+    kind = "reconstruction"
+    fresh_latents = False
+
+    def __init__(self, name: str, images: str, anchors: str, l2_weight: float = 1.0, **kw: Any):
+        super().__init__(name, **kw)
+        pics, codes = _load_person(images, anchors, name)
+        self.register_buffer("images", pics, persistent=False)
+        self.register_buffer("anchors", codes, persistent=False)
+        self.l2_weight = float(l2_weight)
+        self._rows: Tensor | None = None
+
+    def sample_w(self, n: int, module) -> Tensor:
+        """Anchors of ``n`` of the person's images drawn uniformly (their images are the loss targets)."""
+        self._rows = torch.randint(len(self.anchors), (n,), device=module.device, generator=module.rng).cpu()
+        return self.anchors[self._rows].to(module.device)
+
+    def loss(self, x_base: Tensor, x_edit: Tensor, rows: Tensor, module) -> Tensor:
+        target = self.images[self._rows[rows.cpu()]].to(x_edit)
+        if target.shape[-2:] != x_edit.shape[-2:]:
+            raise ValueError(f"task {self.name!r}: images are {tuple(target.shape[-2:])}, the generator makes "
+                             f"{tuple(x_edit.shape[-2:])}: give images at the generator's resolution")
+        perceptual = module.lpips_distance(x_edit, target).sum()
+        l2 = (x_edit - target).pow(2).flatten(1).mean(1).sum()
+        return perceptual + self.l2_weight * l2
+
+
+class ColorTask(ExpansionTask):
+    """Toy: ``Σ_i mean_c (mean_hw x_edit_i - color)^2`` (``color`` in [-1, 1] RGB)."""
+
+    kind = "color"
+
+    def __init__(self, name: str, color: Sequence[float] = (1.0, -1.0, -1.0), **kw: Any):
+        super().__init__(name, **kw)
+        self.register_buffer("color", torch.tensor([float(c) for c in color]).view(1, 3), persistent=False)
+
+    def loss(self, x_base: Tensor, x_edit: Tensor, rows: Tensor, module) -> Tensor:
+        return (x_edit.mean(dim=(2, 3)) - self.color.to(x_edit)).pow(2).mean(1).sum()
+
+
+class FlipTask(ExpansionTask):
+    """Toy: ``Σ_i mean (x_edit_i - mirror(x_base_i))^2``."""
+
+    kind = "flip"
+
+    def loss(self, x_base: Tensor, x_edit: Tensor, rows: Tensor, module) -> Tensor:
+        return (x_edit - x_base.detach().flip(3)).pow(2).flatten(1).mean(1).sum()
+
+
+TASKS: dict[str, type[ExpansionTask]] = {cls.kind: cls for cls in (TextTask, ImageTask, ReconstructionTask,
+                                                                   ColorTask, FlipTask)}
+ENTRY_KEYS = ("type", "name", "dimension", "distance")
+
+
+def build_tasks(entries: Sequence[Mapping[str, Any]], shared: Mapping[str, Mapping[str, Any]] | None = None
+                ) -> list[ExpansionTask]:
+    """Tasks from the YAML list: ``{type, name, dimension?, distance?, **type arguments}``; ``shared`` holds
+    per-type arguments given once (``task_args: {reconstruction: {l2_weight: 1.0}}``)."""
+    import inspect
+
+    if isinstance(entries, Mapping) or not entries:
+        raise ValueError("model.tasks must be a non-empty list of {type, name, ...} entries")
+    shared = dict(shared or {})
+    unknown_types = [t for t in shared if t not in TASKS]
+    if unknown_types:
+        raise ValueError(f"model.task_args: unknown task type(s) {unknown_types}; types: {sorted(TASKS)}")
+    tasks, names = [], set()
+    for i, entry in enumerate(entries):
+        entry = dict(entry)
+        kind = entry.pop("type", None)
+        if kind not in TASKS:
+            close = difflib.get_close_matches(str(kind), list(TASKS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"model.tasks[{i}].type {kind!r} is not a task type{hint}; types: {sorted(TASKS)}")
+        cls = TASKS[kind]
+        name = entry.get("name") or f"{kind}{i}"
+        entry["name"] = name
+        if name in names:
+            raise ValueError(f"model.tasks[{i}]: two tasks are named {name!r}")
+        names.add(name)
+        params = set(inspect.signature(cls.__init__).parameters) - {"self", "kw"}
+        valid = sorted(params | set(ENTRY_KEYS) - {"type"})
+        kwargs = {**shared.get(kind, {}), **entry}
+        bad = [k for k in kwargs if k not in valid]
+        if bad:
+            hints = {k: difflib.get_close_matches(k, valid, n=1) for k in bad}
+            listed = ", ".join(f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in hints.items())
+            raise ValueError(f"model.tasks[{i}] ({kind}): unknown key(s) {listed}; valid keys: {valid}")
+        try:
+            tasks.append(cls(**kwargs))
+        except TypeError as err:
+            raise ValueError(f"model.tasks[{i}] ({kind}): {err}") from None
+    return tasks

@@ -1,0 +1,208 @@
+"""Domain Expansion: the SeFa basis, projections, dimension assignment, task losses, replay, samplers, export,
+staged expansion, resume and DDP."""
+from __future__ import annotations
+
+import tempfile
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from lightning_modules.expansion import ExpansionModule
+from lightning_modules.expansion_tasks import build_tasks
+from models import checkpoints
+from models.expansion import ExpansionBasis, assign_dimensions, dormancy, sefa_basis, style_affine_weights
+from models.stylegan2 import Discriminator, Generator
+from tests.helpers_gan import RandomImages, SaveState, one_thread  # noqa: F401 (autouse fixture)
+
+ARCH = dict(size=16, style_dim=16, n_mlp=2, channels={4: 16, 8: 16, 16: 16})
+TASKS = [{"type": "color", "name": "red", "color": [1.0, -1.0, -1.0]}, {"type": "flip", "name": "mirror"}]
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory):
+    torch.manual_seed(0)
+    g, d = Generator(**ARCH), Discriminator(16, channels=ARCH["channels"])
+    with torch.no_grad():
+        for name, p in g.named_parameters():
+            if name.endswith("noise.weight"):
+                p.fill_(0.1)
+    path = tmp_path_factory.mktemp("parent") / "parent.pt"
+    checkpoints.save(path, g_ema=g, g=g, d=d)
+    return path
+
+
+def tiny(parent, **kwargs) -> ExpansionModule:
+    options = dict(generator=str(parent), tasks=TASKS, distance=5.0, replay_lpips_weights="random", seed=0,
+                   gan={"pl_weight": 0.0, "mixing_prob": 0.0})
+    return ExpansionModule(**{**options, **kwargs})
+
+
+def trainer(**kwargs) -> pl.Trainer:
+    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False, default_root_dir=tempfile.mkdtemp(prefix="styleshift-test-"))
+    return pl.Trainer(**{**defaults, **kwargs})
+
+
+# ---------------------------------------------------------------------------------------------- geometry
+def test_basis_is_sefa_of_the_style_affines_up_to_sign():
+    torch.manual_seed(1)
+    g = Generator(**ARCH)
+    V = sefa_basis(g)
+    A = torch.cat([w.double() for w in style_affine_weights(g)])
+    assert A.shape == (16 * (1 + 1 + len(g.convs)), 16)  # conv1, to_rgb1 and every conv, each 16 x 16
+    evals, evecs = torch.linalg.eigh(A.T @ A)  # ascending eigenvalues of AᵀA
+    reference = evecs.flip(1).float()
+    torch.testing.assert_close(V.T @ V, torch.eye(16), atol=1e-5, rtol=0)
+    torch.testing.assert_close((V * reference).sum(0).abs(), torch.ones(16), atol=1e-4, rtol=0)
+    singular = torch.linalg.norm(A @ V.double(), dim=0)
+    assert (singular[:-1] >= singular[1:] - 1e-9).all()  # decreasing: the last columns are the dormant ones
+
+
+def test_base_and_edit_projections_follow_their_formulas():
+    torch.manual_seed(2)
+    V = torch.linalg.qr(torch.randn(8, 8))[0]
+    w_mean = torch.randn(8)
+    basis = ExpansionBasis(V, dims=[7, 5], distances=[3.0, 4.0], w_mean=w_mean)
+    w = torch.randn(5, 8)
+    V_B, V_R = V[:, [0, 1, 2, 3, 4, 6]], V[:, [7, 5]]
+    expected = w @ V_B @ V_B.T + (w_mean @ V_R @ V_R.T).expand(5, 8)
+    torch.testing.assert_close(basis.base(w), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(basis.base(basis.base(w)), basis.base(w), atol=1e-5, rtol=0)  # idempotent
+    torch.testing.assert_close((basis.base(w) - w_mean) @ V_R, torch.zeros(5, 2), atol=1e-5, rtol=0)
+    edited = basis.edit(w, 1)
+    torch.testing.assert_close(edited @ V[:, 5], w_mean @ V[:, 5] + 4.0 + torch.zeros(5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(edited @ V_B, w @ V_B, atol=1e-5, rtol=0)  # base coordinates kept
+    per_row = basis.edit(w, torch.tensor([0, 1, 0, 1, 1]))
+    torch.testing.assert_close(per_row[1], basis.edit(w, 1)[1])
+    torch.testing.assert_close(per_row[0], basis.edit(w, 0)[0])
+    both = basis.compose(w, [0, 1])
+    torch.testing.assert_close(both, basis.base(w) + 3.0 * V[:, 7] + 4.0 * V[:, 5])
+    again = ExpansionBasis.from_state(basis.state())
+    torch.testing.assert_close(again.base(w), basis.base(w))
+
+
+def test_dimension_assignment():
+    assert assign_dimensions([None, None], 512) == [511, 510]
+    assert assign_dimensions([None, 511, None], 512) == [510, 511, 509]
+    with pytest.raises(ValueError, match="more than one task"):
+        assign_dimensions([3, 3], 8)
+    with pytest.raises(ValueError, match="out of range"):
+        assign_dimensions([8], 8)
+
+
+def test_dormancy_is_zero_for_a_null_step_and_grows_with_the_step():
+    torch.manual_seed(3)
+    g = Generator(**ARCH).eval()
+    V = sefa_basis(g)
+    zero = dormancy(g, V, [15], distance=0.0, n=4)
+    small, large = dormancy(g, V, [0], distance=1.0, n=4), dormancy(g, V, [0], distance=8.0, n=4)
+    assert zero[15] == 0.0 and 0 < small[0] < large[0]
+    top, bottom = dormancy(g, V, [0, 15], distance=4.0, n=8).values()
+    assert bottom < top  # the last SeFa direction moves the images less than the first
+
+
+# ---------------------------------------------------------------------------------------------- tasks
+def test_toy_task_losses_equal_their_formulas():
+    color, flip = build_tasks(TASKS)
+    x_base, x_edit = torch.rand(3, 3, 8, 8) * 2 - 1, torch.rand(3, 3, 8, 8) * 2 - 1
+    rows = torch.arange(3)
+    target = torch.tensor([1.0, -1.0, -1.0])
+    expected = ((x_edit.mean(dim=(2, 3)) - target) ** 2).mean(1).sum()
+    torch.testing.assert_close(color.loss(x_base, x_edit, rows, None), expected)
+    torch.testing.assert_close(flip.loss(x_base, x_edit, rows, None), ((x_edit - x_base.flip(3)) ** 2).mean(
+        dim=(1, 2, 3)).sum())
+    with pytest.raises(ValueError, match="did you mean 'color'"):
+        build_tasks([{"type": "colr", "name": "x"}])
+    with pytest.raises(ValueError, match="unknown key"):
+        build_tasks([{"type": "flip", "name": "x", "colour": 1}])
+    with pytest.raises(ValueError, match="two tasks are named"):
+        build_tasks([{"type": "flip", "name": "x"}, {"type": "flip", "name": "x"}])
+
+
+def test_expansion_loss_equals_its_formula(parent):
+    module = tiny(parent, replay_noise="shared")
+    module.reseed()
+    state = torch.get_rng_state()
+    loss, logs = module.expansion_loss(4)
+    expected = logs["loss/expand"] + 10 * logs["loss/replay_l2"] + 10 * logs["loss/replay_lpips"]
+    torch.testing.assert_close(loss, expected)
+    torch.set_rng_state(state)
+    # at the start G equals the parent: with shared noise the replay terms are exactly zero
+    assert float(logs["loss/replay_l2"]) == 0.0 and float(logs["loss/replay_lpips"]) < 1e-6
+    task_sum = sum(float(v) for k, v in logs.items() if k.startswith("loss/task_"))
+    assert task_sum > 0
+
+
+def test_replay_alone_holds_the_base_subspace(parent):
+    """Every task weight 0 and no adversarial phases: a short run leaves G(base(w)) the parent's image."""
+    module = tiny(parent, lambda_expand=0.0, adversarial=False, replay_noise="shared")
+    before = {k: v.clone() for k, v in module.generator.state_dict().items()}
+    trainer(max_epochs=1).fit(module, RandomImages(n=8, batch_size=4))
+    assert module.iteration == 2
+    for k, v in before.items():
+        assert torch.equal(v, module.generator.state_dict()[k]), k
+    # with the tasks on, the generator moves
+    moving = tiny(parent, adversarial=False, replay_noise="shared")
+    trainer(max_epochs=1).fit(moving, RandomImages(n=8, batch_size=4))
+    assert any(not torch.equal(v, moving.generator.state_dict()[k]) for k, v in before.items())
+    assert all(torch.equal(a, b) for a, b in zip(moving.generator.style.parameters(),
+                                                 module.generator.style.parameters()))  # mapping frozen
+
+
+# ---------------------------------------------------------------------------------------------- module
+def test_samplers_export_and_staged_expansion(parent, tmp_path):
+    module = tiny(parent, total_kimg=0.008)
+    trainer(default_root_dir=tmp_path).fit(module, RandomImages(n=8, batch_size=4))
+    assert module.dims == [15, 14] and module.dormancy.keys() == {15, 14}
+    samplers = module.samplers()
+    assert list(samplers) == ["base", "domain/red", "domain/mirror"]
+    z = torch.randn(2, 16)
+    module.eval()
+    with torch.no_grad():
+        from models.sampler import seeded_normal
+
+        z = seeded_normal([0, 1], 3, 16)
+        w = module.basis_state.base(module.g_ema.style(z))
+        w_red = w + 5.0 * module.basis[:, 15]
+        expected = module.g_ema([w_red], input_is_latent=True, randomize_noise=False)[0].clamp(-1, 1)
+        torch.testing.assert_close(samplers["domain/red"].render([0, 1], 3), expected)
+    loaded = checkpoints.load(tmp_path / "generator.pt")
+    table = loaded.extra["expansion"]
+    assert table["names"] == ["red", "mirror"] and table["dims"] == [15, 14]
+    assert torch.equal(table["basis"], module.basis.cpu())
+    # a further expansion keeps the basis, reserves the earlier dims and replays the earlier domains
+    staged = ExpansionModule(generator=str(tmp_path / "generator.pt"), tasks=[{"type": "flip", "name": "again"}],
+                             distance=5.0, replay_lpips_weights="random", seed=0, gan={"pl_weight": 0.0})
+    assert torch.equal(staged.basis, module.basis) and staged.dims == [15, 14, 13]
+    assert staged.domain_names() == ["red", "mirror", "again"] and staged.n_previous == 2
+    _, logs = staged.expansion_loss(2)
+    assert "loss/replay_previous_l2" in logs
+    with pytest.raises(ValueError, match="already domains"):
+        ExpansionModule(generator=str(tmp_path / "generator.pt"), tasks=[{"type": "flip", "dimension": 15}],
+                        replay_lpips_weights="random")
+
+
+def test_resume_reproduces_the_uninterrupted_run(parent, tmp_path):
+    full = tiny(parent)
+    trainer(max_epochs=2).fit(full, RandomImages(n=8, batch_size=4))
+    first = tiny(parent)
+    t1 = trainer(max_epochs=1)
+    t1.fit(first, RandomImages(n=8, batch_size=4))
+    t1.save_checkpoint(tmp_path / "half.ckpt")
+    torch.manual_seed(5)
+    resumed = tiny(parent)
+    trainer(max_epochs=2).fit(resumed, RandomImages(n=8, batch_size=4), ckpt_path=tmp_path / "half.ckpt")
+    assert resumed.iteration == full.iteration == 4
+    for key, value in full.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+def test_ddp_ranks_end_with_identical_parameters(parent, tmp_path):
+    module = tiny(parent, gan={"pl_weight": 2.0, "pl_interval": 2, "r1_interval": 2, "mixing_prob": 0.0})
+    t = trainer(devices=2, strategy="ddp_fork_find_unused_parameters_true", max_epochs=1,
+                callbacks=[SaveState(tmp_path)])
+    t.fit(module, RandomImages(n=8, batch_size=2))
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
