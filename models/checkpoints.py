@@ -1,5 +1,4 @@
-"""Load, convert and export StyleGAN2 checkpoints (spec stylegan2_backbone.md §0, §3, §4, §5, §10;
-DESIGN.md contract 2).
+"""Load, convert and export StyleGAN2 checkpoints.
 
 ``load(path)`` reads every supported format into one :class:`LoadedCheckpoint` with constructed
 ``models.stylegan2`` networks (weights loaded strictly, eval mode):
@@ -8,15 +7,31 @@ DESIGN.md contract 2).
 ``rosinality``     ``torch.save`` dicts with ``g_ema`` / ``g`` / ``d`` / ``latent_avg`` (training snapshots with
                    ``args`` included) or a bare generator state dict
 ``pSp``            pSp / e4e files: ``state_dict`` with ``decoder.*`` keys, plus ``latent_avg``
-``nvidia-pkl``     stylegan2-ada-pytorch / stylegan3 "StyleGAN2" network pickles (restricted unpickler, §4.4)
-``nvidia-tf-pkl``  TF StyleGAN2 / StyleGAN2-ADA pickles (``Conv0_up`` flip and ``mod_bias + 1``, §4.5)
+``nvidia-pkl``     stylegan2-ada-pytorch / stylegan3 "StyleGAN2" network pickles (restricted unpickler)
+``nvidia-tf-pkl``  TF StyleGAN2 / StyleGAN2-ADA pickles (``Conv0_up`` flip and ``mod_bias + 1``)
 ``styleshift``     our export (:func:`save`): rosinality-compatible, plus ``styleshift_config``
 =================  ===========================================================================================
 
-Loading never executes code from the file. CLI::
+Files from the internet are untrusted. Loading never executes code from the file, and never lets it hang the
+process, exhaust its memory or end in a bare traceback:
 
-    python -m models.checkpoints info FILE
-    python -m models.checkpoints convert SRC DST
+* declared sizes are checked **before** anything is allocated: all storages and arrays must fit in the data
+  the file actually holds and in a total cap of 8 GiB. A legitimately larger model is read with
+  ``load(path, max_bytes=N)`` / ``read(path, max_bytes=N)`` or the environment variable
+  ``STYLESHIFT_CHECKPOINT_MAX_BYTES=N`` (bytes, or e.g. ``32G``); the CLIs take ``--max-bytes N``;
+* compressed zip records are refused (``torch.save`` never compresses), CRC-32 mismatches are reported as
+  corruption, constructors on the allow-list never receive an unchecked size;
+* the loaded structure is walked once, linearly: cycles, nesting deeper than 100 levels and shared-reference
+  structures expanding to more than a million entries are refused;
+* every failure is a :class:`CheckpointError` subclass (:class:`UnsafeCheckpointError`,
+  :class:`CorruptCheckpointError`, :class:`CheckpointLimitError`, :class:`UnsupportedModelError`) whose
+  message says what is wrong with the file and that nothing from it was executed. A missing file is a
+  ``FileNotFoundError``.
+
+CLI (prints the error and exits with status 1 on a bad file)::
+
+    python -m models.checkpoints info FILE [--max-bytes N]
+    python -m models.checkpoints convert SRC DST [--max-bytes N]
 """
 from __future__ import annotations
 
@@ -37,13 +52,16 @@ from models import assets
 from models.checkpoint_formats.config import StyleGANConfig, infer_config, rosinality_channel_table
 from models.checkpoint_formats.convert import from_nvidia_state_dict, to_nvidia_state_dict
 from models.checkpoint_formats.convert_tf import from_tf_variables
-from models.checkpoint_formats.errors import CheckpointError, UnsafeCheckpointError, UnsupportedModelError
+from models.checkpoint_formats.errors import (NOTHING_RAN, CheckpointError, CheckpointLimitError,
+                                              CorruptCheckpointError, UnsafeCheckpointError, UnsupportedModelError)
+from models.checkpoint_formats.limits import DEFAULT_MAX_BYTES, MAX_BYTES_ENV, BoundedReader, Budget, check_structure
 from models.checkpoint_formats.nvidia import read_nvidia
 from models.checkpoint_formats.raw import RawCheckpoint, is_plain
 from models.checkpoint_formats.safe_unpickle import TORCH_LEGACY_MAGIC, restricted_load
 from models.checkpoint_formats.torch_files import NETWORK_KEYS, STYLESHIFT_KEY, read_torch_object, torch_load
 
 __all__ = ["LoadedCheckpoint", "StyleGANConfig", "CheckpointError", "UnsafeCheckpointError", "UnsupportedModelError",
+           "CorruptCheckpointError", "CheckpointLimitError", "DEFAULT_MAX_BYTES", "MAX_BYTES_ENV",
            "load", "load_generator", "read", "save", "build_generator", "build_discriminator", "to_nvidia_state_dict",
            "from_nvidia_state_dict", "from_tf_variables", "infer_config", "rosinality_channel_table"]
 
@@ -81,38 +99,76 @@ def _locate(path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def read(path: str | os.PathLike, map_location: Any = "cpu") -> RawCheckpoint:
+_MAX_MESSAGE = 2000
+_DEVICE_OOM = getattr(torch, "OutOfMemoryError", MemoryError)
+
+
+def _explained(err: CheckpointError, path: Path) -> CheckpointError:
+    """The same error type, its message prefixed with the file, kept short and ending with "nothing from the
+    file was executed"."""
+    text, where = str(err), str(path)
+    if not text.startswith(where):
+        text = f"{where}: {text}"
+    if len(text) > _MAX_MESSAGE:
+        text = f"{text[:_MAX_MESSAGE - 400]} [...] {text[-300:]}"
+    if NOTHING_RAN not in text:
+        text = f"{text.rstrip('. ')}; {NOTHING_RAN}"
+    return type(err)(text)
+
+
+def _unexpected(err: BaseException) -> CorruptCheckpointError:
+    first = str(err).splitlines()[0][:300] if str(err) else ""
+    return CorruptCheckpointError(f"cannot be interpreted as a StyleGAN2 checkpoint ({type(err).__name__}: {first})")
+
+
+def _read(path: Path, map_location: Any, budget: Budget) -> RawCheckpoint:
+    head = _head(path)
+    if not head:
+        raise CorruptCheckpointError(f"{path} is empty")
+    if head.startswith(_ZIP_MAGIC):
+        if not zipfile.is_zipfile(path):
+            raise CorruptCheckpointError(f"{path}: truncated or corrupt torch checkpoint (zip archive without its "
+                                         "central directory)")
+        obj = torch_load(path, map_location, budget)
+        check_structure(obj, "the checkpoint")
+        return read_torch_object(obj, path)
+    if head[:1] != b"\x80":
+        raise CheckpointError(f"{path}: unknown file format (starts with {head[:8]!r}); expected a torch checkpoint "
+                              "(.pt) or an NVIDIA network pickle (.pkl)")
+    with open(path, "rb") as fh:
+        first = restricted_load(BoundedReader(fh), budget)
+    if isinstance(first, int) and first == TORCH_LEGACY_MAGIC:  # legacy (pre-1.6, non-zip) torch.save file
+        obj = torch_load(path, map_location, budget)
+        check_structure(obj, "the checkpoint")
+        return read_torch_object(obj, path)
+    check_structure(first, "the pickle")
+    return read_nvidia(first)
+
+
+def read(path: str | os.PathLike, map_location: Any = "cpu", max_bytes: int | str | None = None) -> RawCheckpoint:
     """Read a checkpoint into rosinality-layout state dicts without building networks.
 
     ``path`` may also be a registered asset name (``models.assets``), e.g. ``"stylegan2-ffhq-1024"``.
+    ``max_bytes`` raises (or lowers) the cap on the tensor/array data the file may make the loader allocate
+    (default ``$STYLESHIFT_CHECKPOINT_MAX_BYTES`` or 8 GiB). Every problem with the file's content is a
+    :class:`CheckpointError` subclass; a missing file is a ``FileNotFoundError``.
     """
     path = _locate(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if not path.is_file():
         raise CheckpointError(f"{path} is not a file")
-    head = _head(path)
-    if not head:
-        raise CheckpointError(f"{path} is empty")
-    if head.startswith(_ZIP_MAGIC):
-        if not zipfile.is_zipfile(path):
-            raise CheckpointError(f"{path}: truncated or corrupt torch checkpoint (zip archive without its central "
-                                  "directory)")
-        return read_torch_object(torch_load(path, map_location), path)
-    if head[:1] != b"\x80":
-        raise CheckpointError(f"{path}: unknown file format (starts with {head[:8]!r}); expected a torch checkpoint "
-                              "(.pt) or an NVIDIA network pickle (.pkl)")
-    with open(path, "rb") as fh:
-        try:
-            first = restricted_load(fh)
-        except CheckpointError as err:
-            raise type(err)(f"{path}: {err}") from None
-    if isinstance(first, int) and first == TORCH_LEGACY_MAGIC:  # legacy (pre-1.6, non-zip) torch.save file
-        return read_torch_object(torch_load(path, map_location), path)
+    budget = Budget(path.stat().st_size, max_bytes)
     try:
-        return read_nvidia(first)
+        return _read(path, map_location, budget)
     except CheckpointError as err:
-        raise type(err)(f"{path}: {err}") from None
+        raise _explained(err, path) from None
+    except OSError:
+        raise
+    except MemoryError:
+        raise _explained(CheckpointLimitError("reading it ran out of memory"), path) from None
+    except Exception as err:  # a reader tripped on content it does not expect: still the file's fault
+        raise _explained(_unexpected(err), path) from None
 
 
 def _load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], name: str) -> None:
@@ -126,12 +182,33 @@ def _load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], name: str) -
                               f"unexpected {list(unexpected)[:6]}")
 
 
+def _check_shapes(network: type, kwargs: Mapping[str, Any], sd: Mapping[str, torch.Tensor], name: str) -> None:
+    """Compare ``sd`` with the network ``kwargs`` describe, built on the meta device (no memory): only a state
+    dict that fits exactly makes us allocate the real network."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in network(**kwargs).state_dict().items()}
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    if missing or unexpected:
+        raise CheckpointError(f"{name}: state dict does not match the network: missing {missing[:6]}, "
+                              f"unexpected {[str(k)[:60] for k in unexpected[:6]]}")
+    wrong = [k for k in expected if tuple(sd[k].shape) != expected[k]]
+    if wrong:
+        more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        raise CheckpointError(f"{name}: weights do not fit the network built from the config: {wrong[0]} has shape "
+                              f"{list(sd[wrong[0]].shape)}, the network expects {list(expected[wrong[0]])}{more}")
+
+
 def build_generator(config: StyleGANConfig, state_dict: Mapping[str, torch.Tensor] | None = None,
                     name: str = "generator") -> nn.Module:
-    """``models.stylegan2.Generator`` for ``config``; loads ``state_dict`` strictly when given. Eval mode."""
+    """``models.stylegan2.Generator`` for ``config``; loads ``state_dict`` strictly when given (its keys and shapes
+    are checked before the network is allocated). Eval mode."""
     from models.stylegan2 import Generator
 
-    g = Generator(**config.generator_kwargs())
+    kwargs = config.generator_kwargs()
+    if state_dict is not None:
+        _check_shapes(Generator, kwargs, state_dict, name)
+    g = Generator(**kwargs)
     if state_dict is not None:
         _load_strict(g, state_dict, name)
     return g.eval()
@@ -139,25 +216,40 @@ def build_generator(config: StyleGANConfig, state_dict: Mapping[str, torch.Tenso
 
 def build_discriminator(config: StyleGANConfig, state_dict: Mapping[str, torch.Tensor] | None = None,
                         name: str = "discriminator") -> nn.Module:
-    """``models.stylegan2.Discriminator`` for ``config``; loads ``state_dict`` strictly when given. Eval mode."""
+    """``models.stylegan2.Discriminator`` for ``config``; loads ``state_dict`` strictly when given (keys and shapes
+    checked first). Eval mode."""
     from models.stylegan2 import Discriminator
 
-    d = Discriminator(**config.discriminator_kwargs())
+    kwargs = config.discriminator_kwargs()
+    if state_dict is not None:
+        _check_shapes(Discriminator, kwargs, state_dict, name)
+    d = Discriminator(**kwargs)
     if state_dict is not None:
         _load_strict(d, state_dict, name)
     return d.eval()
 
 
-def load(path: str | os.PathLike, map_location: Any = "cpu",
-         networks: Iterable[str] = NETWORK_KEYS) -> LoadedCheckpoint:
+def load(path: str | os.PathLike, map_location: Any = "cpu", networks: Iterable[str] = NETWORK_KEYS,
+         max_bytes: int | str | None = None) -> LoadedCheckpoint:
     """Read any supported checkpoint (a file or a registered asset name) and build its networks;
-    ``networks`` picks which of g_ema/g/d to build."""
+    ``networks`` picks which of g_ema/g/d to build. ``max_bytes``: see :func:`read`."""
     wanted = set(networks)
     unknown = wanted - set(NETWORK_KEYS)
     if unknown:
         raise ValueError(f"unknown network name(s) {sorted(unknown)}; choose from {NETWORK_KEYS}")
     path = _locate(path)
-    raw = read(path, map_location)
+    raw = read(path, map_location, max_bytes)
+    try:
+        return _build(raw, path, map_location, wanted)
+    except CheckpointError as err:
+        raise _explained(err, path) from None
+    except (MemoryError, _DEVICE_OOM):  # the checked sizes fit the file: this is the machine, not the file
+        raise
+    except Exception as err:
+        raise _explained(_unexpected(err), path) from None
+
+
+def _build(raw: RawCheckpoint, path: Path, map_location: Any, wanted: set[str]) -> LoadedCheckpoint:
     device = torch.device(map_location) if isinstance(map_location, (str, torch.device)) else None
     built: dict[str, nn.Module | None] = {}
     for key in NETWORK_KEYS:
@@ -178,7 +270,8 @@ def load(path: str | os.PathLike, map_location: Any = "cpu",
 GENERATOR_KEYS = ("g_ema", "g")
 
 
-def load_generator(name_or_path: str | os.PathLike, which: str = "g_ema", map_location: Any = "cpu") -> nn.Module:
+def load_generator(name_or_path: str | os.PathLike, which: str = "g_ema", map_location: Any = "cpu",
+                   max_bytes: int | str | None = None) -> nn.Module:
     """The one pretrained generator of a checkpoint (a file or a registered asset name), in eval mode.
 
     ``which="g_ema"`` (the usual product of training) falls back to ``g`` when the file has no EMA copy, and
@@ -187,7 +280,7 @@ def load_generator(name_or_path: str | os.PathLike, which: str = "g_ema", map_lo
     if which not in GENERATOR_KEYS:
         raise ValueError(f"which must be one of {GENERATOR_KEYS}, got {which!r}")
     other = GENERATOR_KEYS[1 - GENERATOR_KEYS.index(which)]
-    loaded = load(name_or_path, map_location, networks=GENERATOR_KEYS)
+    loaded = load(name_or_path, map_location, networks=GENERATOR_KEYS, max_bytes=max_bytes)
     generator = getattr(loaded, which)
     if generator is None:
         generator = getattr(loaded, other)
@@ -291,6 +384,7 @@ def describe(ckpt: LoadedCheckpoint) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``info`` / ``convert``; a file that cannot be read prints one ``error:`` line and returns 1."""
     parser = argparse.ArgumentParser(prog="python -m models.checkpoints", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_info = sub.add_parser("info", help="format, config and parameter counts of a checkpoint")
@@ -298,19 +392,27 @@ def main(argv: list[str] | None = None) -> int:
     p_conv = sub.add_parser("convert", help="any readable format -> our rosinality-compatible .pt export")
     p_conv.add_argument("src")
     p_conv.add_argument("dst")
+    for p in (p_info, p_conv):
+        p.add_argument("--max-bytes", default=None, metavar="N",
+                       help=f"cap on the tensor data a file may make the loader allocate (bytes or e.g. 32G; "
+                            f"default ${MAX_BYTES_ENV} or 8G)")
     args = parser.parse_args(argv)
     try:
         if args.command == "info":
-            print(describe(load(args.file)))
+            print(describe(load(args.file, max_bytes=args.max_bytes)))
             return 0
-        ckpt = load(args.src)  # builds the networks: the export is known to load strictly
+        ckpt = load(args.src, max_bytes=args.max_bytes)  # builds the networks: the export is known to load strictly
         out = save(args.dst, g_ema=ckpt.g_ema, g=ckpt.g, d=ckpt.d, latent_avg=ckpt.latent_avg, config=ckpt.config,
                    **ckpt.extra)
         print(f"wrote {out} ({ckpt.source_format} -> styleshift; "
               f"networks: {[k for k in NETWORK_KEYS if getattr(ckpt, k) is not None]})")
         return 0
-    except (CheckpointError, FileNotFoundError) as err:
+    except (CheckpointError, OSError, ValueError) as err:  # OSError: missing file, unwritable target
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:  # never a traceback for a file from the internet
+        print(f"error: unexpected {type(err).__name__} while handling the checkpoint: {str(err)[:500]}",
+              file=sys.stderr)
         return 1
 
 

@@ -1,6 +1,6 @@
 """Test helpers for checkpoint I/O: random rosinality state dicts and synthetic NVIDIA pickles.
 
-The NVIDIA pickles reproduce the byte-level layout of real ones (spec stylegan2_backbone.md §4.2–§4.4):
+The NVIDIA pickles reproduce the byte-level layout of real ones:
 ``torch_utils.persistence._reconstruct_persistent_obj(meta)`` reduces carrying ``module_src``,
 ``dnnlib.util.EasyDict`` kwargs, tensors whose storages go through ``torch.storage._load_from_bytes``, and
 TF ``dnnlib.tflib.network.Network`` objects with their ``__getstate__`` dict. The fake ``dnnlib`` /
@@ -160,7 +160,7 @@ def d_init_kwargs(size: int = 32, mbstd_group_size: Any = 8, **overrides: Any) -
 
 
 def write_nvidia_pickle(path: Path, nets: Mapping[str, tuple[str, Mapping[str, torch.Tensor], dict]],
-                        module_src: str = "raise RuntimeError('module_src executed')",
+                        module_src: str = "raise RuntimeError('module_src executed')", protocol: int = 4,
                         **extra: Any) -> Path:
     """``pickle.dump(dict(G=..., D=..., G_ema=..., **extra))`` in NVIDIA's persistent-class layout.
 
@@ -170,12 +170,21 @@ def write_nvidia_pickle(path: Path, nets: Mapping[str, tuple[str, Mapping[str, t
         data = {name: persistent_tree(sd, cls, kw, module_src) for name, (cls, sd, kw) in nets.items()}
         data["augment_pipe"] = _Persistent("AugmentPipe", dict(_parameters={}, _buffers={}, _modules={}), module_src)
         data.update({k: easydict(v) for k, v in extra.items()})
-        path.write_bytes(pickle.dumps(data, protocol=4))
+        path.write_bytes(pickle.dumps(data, protocol=protocol))
+    return path
+
+
+def write_with_fake_modules(path: Path, build: Any, protocol: int = 3) -> Path:
+    """``pickle.dump(build(fake))`` while the fake NVIDIA modules exist; ``fake`` has ``EasyDict``, ``Network``
+    (TF) and ``persistent(class_name, state, module_src)`` (an ADA ``persistent_class`` object)."""
+    with fake_nvidia_modules() as fake:
+        fake.persistent = _Persistent
+        path.write_bytes(pickle.dumps(build(fake), protocol=protocol))
     return path
 
 
 # ----------------------------------------------------------------------------------------------------------
-# TF pickles: the inverse of the TF -> rosinality map, written from the TF layout in spec §4.3
+# TF pickles: the inverse of the TF -> rosinality map, written from NVIDIA's TF variable layout
 
 
 def _tf_conv(w: torch.Tensor, flip: bool = False) -> np.ndarray:
@@ -242,23 +251,24 @@ def rosinality_to_tf_discriminator_vars(ros: Mapping[str, torch.Tensor]) -> dict
     return out
 
 
-def _tf_state(name: str, variables: Mapping[str, np.ndarray], static_kwargs: dict, components: dict) -> dict:
+def tf_state(name: str, variables: Mapping[str, np.ndarray], static_kwargs: dict, components: dict) -> dict:
     return dict(version=4, name=name, static_kwargs=static_kwargs, components=components,
                 build_module_src="raise RuntimeError('build_module_src executed')", build_func_name=name,
                 variables=list(variables.items()))
 
 
 def write_tf_pickle(path: Path, ros_g: Mapping[str, torch.Tensor], ros_d: Mapping[str, torch.Tensor],
-                    latent_avg: torch.Tensor, g_kwargs: dict | None = None, d_kwargs: dict | None = None) -> Path:
+                    latent_avg: torch.Tensor, g_kwargs: dict | None = None, d_kwargs: dict | None = None,
+                    protocol: int = 3) -> Path:
     """A TF StyleGAN2 ``(G, D, Gs)`` pickle; G and Gs both hold ``ros_g``."""
     g_kwargs = dict(dict(num_channels=3, resolution=32, label_size=0), **(g_kwargs or {}))
     d_kwargs = dict(dict(num_channels=3, resolution=32, label_size=0), **(d_kwargs or {}))
     g_vars = rosinality_to_tf_generator_vars(ros_g)
     with fake_nvidia_modules() as fake:
         def generator(name: str):
-            comps = {c: fake.Network(_tf_state(f"G_{c}", v, {}, {})) for c, v in g_vars.items()}
-            return fake.Network(_tf_state(name, {"dlatent_avg": latent_avg.numpy().copy()}, g_kwargs, comps))
+            comps = {c: fake.Network(tf_state(f"G_{c}", v, {}, {})) for c, v in g_vars.items()}
+            return fake.Network(tf_state(name, {"dlatent_avg": latent_avg.numpy().copy()}, g_kwargs, comps))
 
-        d = fake.Network(_tf_state("D", rosinality_to_tf_discriminator_vars(ros_d), d_kwargs, {}))
-        path.write_bytes(pickle.dumps((generator("G"), d, generator("Gs")), protocol=3))
+        d = fake.Network(tf_state("D", rosinality_to_tf_discriminator_vars(ros_d), d_kwargs, {}))
+        path.write_bytes(pickle.dumps((generator("G"), d, generator("Gs")), protocol=protocol))
     return path

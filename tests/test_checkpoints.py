@@ -1,4 +1,4 @@
-"""Checkpoint formats, converters, export and safety (spec stylegan2_backbone.md §4, §5, §10)."""
+"""Checkpoint formats, converters, export and safety."""
 import builtins
 import io
 import os
@@ -53,7 +53,7 @@ def test_generator_roundtrip_rosinality_nvidia(size, cm, n_mlp):
     ros = random_rosinality_sd("G", size=size, style_dim=32, n_mlp=n_mlp, channels=small_table(size, cm))
     avg = torch.randn(32)
     nv = to_nvidia_state_dict(ros, "G", latent_avg=avg)
-    if (size, n_mlp) == (256, 8):  # key counts of spec §2.1 (rosinality 135, ADA 144 at 256 px)
+    if (size, n_mlp) == (256, 8):  # key counts: rosinality 135, ADA 144 at 256 px
         assert len(ros) == 135 and len(nv) == 144
     c4 = small_table(size, cm)[4]
     assert nv["synthesis.b4.const"].shape == (c4, 4, 4)
@@ -61,7 +61,7 @@ def test_generator_roundtrip_rosinality_nvidia(size, cm, n_mlp):
     assert nv[f"synthesis.b{size}.conv0.noise_const"].shape == (size, size)
     assert nv["synthesis.b8.torgb.bias"].shape == (3,)
     assert torch.equal(nv["mapping.w_avg"], avg)
-    assert torch.equal(nv["synthesis.b8.conv0.weight"], ros["convs.0.conv.weight"][0])  # no flip (§4.5)
+    assert torch.equal(nv["synthesis.b8.conv0.weight"], ros["convs.0.conv.weight"][0])  # no flip
     back = from_nvidia_state_dict(nv, "G")
     assert_same_sd(back, ros)
     assert_same_sd(to_nvidia_state_dict(back, "G", latent_avg=avg), nv)
@@ -77,7 +77,7 @@ def test_discriminator_roundtrip_rosinality_nvidia(size, cm):
 
 
 def test_key_table_of_spec_4_5(raw):
-    """Entries of the §4.5 tables, checked value by value (a symmetric mix-up would survive a round trip)."""
+    """Entries of the key-map tables, checked value by value (a symmetric mix-up would survive a round trip)."""
     g, d = raw["g_ema"], raw["d"]
     nv = to_nvidia_state_dict(g, "G")
     pairs = [("mapping.fc1.weight", g["style.2.weight"]),
@@ -131,7 +131,7 @@ def test_config_inference_and_from_dict_validation(raw):
     with pytest.raises(CheckpointError, match="chanels"):
         StyleGANConfig.from_dict(dict(cfg.to_dict(), chanels={}))
     bad = dict(raw["g_ema"])
-    bad["style.1.weight"] = torch.randn(64, 128)  # a conditional mapping (§2.3, rosinality#329)
+    bad["style.1.weight"] = torch.randn(64, 128)  # a conditional mapping
     with pytest.raises(UnsupportedModelError, match="conditional"):
         checkpoints.infer_config(bad)
 
@@ -277,6 +277,46 @@ def test_tf_pickle_flips_conv0_up_and_adds_mod_bias(tmp_path, raw, ref):
     with pytest.raises(UnsupportedModelError, match="conditional"):
         read(write_tf_pickle(tmp_path / "c.pkl", raw["g_ema"], raw["d"], raw["latent_avg"],
                              g_kwargs={"label_size": 10}))
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_nvidia_and_tf_pickles_in_other_protocols(tmp_path, raw, protocol):
+    """Protocol 2 stores bytes through ``_codecs.encode`` and Python 2 names; protocol 5 stores numpy arrays
+    through ``_frombuffer``."""
+    ada = read(write_nvidia_pickle(tmp_path / "ada.pkl", nvidia_nets(raw), protocol=protocol))
+    assert_same_sd(ada.g_ema, raw["g_ema"])
+    assert_same_sd(ada.d, raw["d"])
+    tf = read(write_tf_pickle(tmp_path / "tf.pkl", raw["g_ema"], raw["d"], raw["latent_avg"], protocol=protocol))
+    assert_same_sd(tf.g_ema, raw["g_ema"])
+    assert torch.equal(tf.latent_avg, raw["latent_avg"])
+
+
+def test_torch_files_without_checksums_or_rewritten_by_zipfile(tmp_path, raw, ref):
+    """torch's ``compute_crc32=False`` writes CRC fields of 0; Python's zipfile writes no zip64 records."""
+    import zipfile
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save({"g_ema": raw["g_ema"], "latent_avg": raw["latent_avg"]}, tmp_path / "nocrc.pt")
+    finally:
+        torch.serialization.set_crc32_options(True)
+    with zipfile.ZipFile(FIXTURE) as zin, zipfile.ZipFile(tmp_path / "rezipped.pt", "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info))
+    for name in ("nocrc.pt", "rezipped.pt"):
+        ckpt = load(tmp_path / name, networks=("g_ema",))
+        assert torch.allclose(render(ckpt.g_ema, ref["z"]), ref["img"], atol=1e-4)
+
+
+def test_shared_references_in_extras_stay_shared(tmp_path, raw):
+    shared = [1, 2, {"deep": [3]}]
+    args = {"a": shared, "b": shared, "ns": __import__("argparse").Namespace(x=shared)}
+    torch.save({"g_ema": raw["g_ema"], "args": args}, tmp_path / "shared.pt")
+    extra = read(tmp_path / "shared.pt").extra["args"]
+    assert extra["a"] == shared and extra["a"] is extra["b"] and extra["ns"] == {"x": shared}
+    assert checkpoints.is_plain(extra) and not checkpoints.is_plain([object()])
+    loop: list = []
+    loop.append(loop)
+    assert not checkpoints.is_plain({"loop": loop})  # cycles are not plain data (save() refuses them)
 
 
 # ------------------------------------------------------------------------------------------------ safety

@@ -1,8 +1,8 @@
-"""Per-checkpoint StyleGAN2 configuration and its inference from weights (spec stylegan2_backbone.md §0.3, §2.1, §4.6).
+"""Per-checkpoint StyleGAN2 configuration and its inference from weights.
 
 The configuration that matters to build a network that loads a checkpoint strictly is: resolution,
 ``style_dim``, ``n_mlp`` and the channel table; NVIDIA files add ``conv_clamp``, the discriminator's
-minibatch-stddev group size and the fp16 resolutions. Shapes give the first four (§4.6); the others cannot
+minibatch-stddev group size and the fp16 resolutions. Shapes give the first four; the others cannot
 be read from weights and come from ``init_kwargs`` / ``static_kwargs`` or default to rosinality's values.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ STANDARD_CHANNEL_MULTIPLIERS = (2, 1, 4)  # tried in this order; 2 is rosinality
 
 
 def rosinality_channel_table(size: int, channel_multiplier: int = 2) -> dict[int, int]:
-    """rosinality's table restricted to ``4..size`` (§2.1): 512 up to 32 px, then ``16384 / res * cm``."""
+    """rosinality's table restricted to ``4..size``: 512 up to 32 px, then ``16384 / res * cm``."""
     table = {}
     for log_res in range(2, int(math.log2(size)) + 1):
         res = 2 ** log_res
@@ -43,7 +43,7 @@ def detect_channel_multiplier(channels: Mapping[int, int], size: int) -> int | N
 
 @dataclass
 class StyleGANConfig:
-    """What is needed to rebuild the networks of a checkpoint (spec §0.3).
+    """What is needed to rebuild the networks of a checkpoint.
 
     ``channels`` maps resolution -> channels for ``4..size`` (G, and D unless ``d_channels`` is set).
     ``channel_multiplier`` is set when ``channels`` is one of rosinality's standard tables, else None.
@@ -88,7 +88,7 @@ class StyleGANConfig:
 
     @property
     def n_latent(self) -> int:
-        """Number of W+ rows, ``2 log2(size) - 2`` (§2.1)."""
+        """Number of W+ rows, ``2 log2(size) - 2``."""
         return self.log_size * 2 - 2
 
     def generator_kwargs(self) -> dict[str, Any]:
@@ -134,7 +134,7 @@ def _shape(sd: Mapping[str, torch.Tensor], key: str, what: str) -> tuple[int, ..
 
 
 def infer_generator(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """``size, style_dim, n_mlp, channels`` of a rosinality Generator state dict (§4.6)."""
+    """``size, style_dim, n_mlp, channels`` of a rosinality Generator state dict."""
     n_mlp = 0
     while f"style.{n_mlp + 1}.weight" in sd:
         n_mlp += 1
@@ -159,7 +159,7 @@ def infer_generator(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
 
 
 def infer_discriminator(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """``size, channels`` of a rosinality (resnet) Discriminator state dict (§4.6)."""
+    """``size, channels`` of a rosinality (resnet) Discriminator state dict."""
     n_blocks = 0
     while f"convs.{n_blocks + 1}.conv1.0.weight" in sd:
         n_blocks += 1

@@ -1,6 +1,6 @@
-"""Pure key/shape maps between the rosinality and NVIDIA ADA-PyTorch layouts (spec stylegan2_backbone.md §4.5).
+"""Pure key/shape maps between the rosinality and NVIDIA ADA-PyTorch layouts.
 
-* rosinality <-> ADA is a bijective reshape with **no spatial flip** (§4.5, verified numerically in §4.7).
+* rosinality <-> ADA is a bijective reshape with **no spatial flip** (verified numerically).
 * TF -> rosinality lives in :mod:`.convert_tf`.
 * Resampling filters are constants: they are regenerated from ``blur_kernel``, never copied; NVIDIA's
   stored ``resample_filter`` buffers are checked against the regenerated filter instead.
@@ -144,7 +144,7 @@ def _discriminator_to_nvidia(ros: Mapping[str, torch.Tensor]) -> dict[str, torch
 
 def to_nvidia_state_dict(ros_sd: Mapping[str, torch.Tensor], kind: str = "G",
                          latent_avg: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """rosinality -> ADA-PyTorch state dict (§4.5). ``kind`` is ``"G"`` or ``"D"``; ``latent_avg`` becomes
+    """rosinality -> ADA-PyTorch state dict. ``kind`` is ``"G"`` or ``"D"``; ``latent_avg`` becomes
     ``mapping.w_avg`` (G only; omitted when None)."""
     if kind == "G":
         return _generator_to_nvidia(ros_sd, latent_avg)
@@ -287,7 +287,7 @@ def _discriminator_from_nvidia(nv: Mapping[str, torch.Tensor], blur_kernel: Sequ
 
 def from_nvidia_state_dict(nv_sd: Mapping[str, torch.Tensor], kind: str = "G",
                            blur_kernel: Sequence[float] = BLUR_KERNEL) -> dict[str, torch.Tensor]:
-    """ADA-PyTorch / stylegan3-StyleGAN2 -> rosinality state dict (§4.5). ``mapping.w_avg`` is not part of a
+    """ADA-PyTorch / stylegan3-StyleGAN2 -> rosinality state dict. ``mapping.w_avg`` is not part of a
     rosinality generator: read it from ``nv_sd`` yourself (it is the checkpoint's ``latent_avg``)."""
     if kind == "G":
         return _generator_from_nvidia(nv_sd, blur_kernel)

@@ -1,4 +1,4 @@
-"""NVIDIA TF (StyleGAN2 / StyleGAN2-ADA) variables -> rosinality state dicts (spec stylegan2_backbone.md §4.3, §4.5).
+"""NVIDIA TF (StyleGAN2 / StyleGAN2-ADA) variables -> rosinality state dicts.
 
 Every conv weight is transposed from TF's ``[kh, kw, in, out]``, dense weights from ``[in, out]``;
 ``Conv0_up`` is additionally rotated by 180° (TF's ``upsample_conv_2d`` is a true convolution) and
@@ -21,7 +21,7 @@ def _tf_weight(vars_: Mapping[str, np.ndarray], key: str, where: str, flip: bool
     w = take_tensor(vars_, key, where)
     if w.ndim == 4:  # [kh, kw, in, out] -> [out, in, kh, kw]
         w = w.permute(3, 2, 0, 1)
-        if flip:  # TF's upsample_conv_2d is a true convolution: rotate by 180° (§4.5)
+        if flip:  # TF's upsample_conv_2d is a true convolution: rotate by 180°
             w = torch.flip(w, [2, 3])
     elif w.ndim == 2:  # dense [in, out] -> [out, in]
         w = w.t()
@@ -57,7 +57,7 @@ def _tf_sizes(vars_: Mapping[str, np.ndarray], pattern: str, where: str) -> int:
 
 
 def from_tf_variables(tf_vars: Mapping[str, np.ndarray], kind: str = "G") -> dict[str, torch.Tensor]:
-    """NVIDIA TF (StyleGAN2 / StyleGAN2-ADA) variables -> rosinality state dict (§4.3, §4.5 TF table).
+    """NVIDIA TF (StyleGAN2 / StyleGAN2-ADA) variables -> rosinality state dict.
 
     Generator variable names carry ``mapping/`` and ``synthesis/`` prefixes (ADA ``legacy.py`` naming);
     ``dlatent_avg`` is the checkpoint's ``latent_avg`` and is not part of the returned dict.

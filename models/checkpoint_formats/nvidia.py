@@ -1,13 +1,13 @@
-"""NVIDIA network pickles -> rosinality state dicts (spec stylegan2_backbone.md §4.2–§4.5).
+"""NVIDIA network pickles -> rosinality state dicts.
 
 Two layouts come out of :func:`~.safe_unpickle.restricted_load`:
 
 * ADA-PyTorch / stylegan3 "StyleGAN2": ``dict(G, D, G_ema, augment_pipe, training_set_kwargs, ...)`` of
-  :class:`PersistentStub`; the config comes from each network's ``_init_kwargs`` (§4.2);
+  :class:`PersistentStub`; the config comes from each network's ``_init_kwargs``;
 * TF StyleGAN2 / StyleGAN2-ADA: a tuple ``(G, D, Gs)`` of :class:`TFNetworkStub` (or ``Gs`` alone); the config
-  comes from ``static_kwargs`` with the TF networks' own defaults (§4.3).
+  comes from ``static_kwargs`` with the TF networks' own defaults.
 
-Models that rosinality's layout cannot represent are refused with the reason (§4.5 "Reject or flag").
+Models that rosinality's layout cannot represent are refused with the reason.
 """
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def _merge_known(g_known: dict[str, Any] | None, d_known: dict[str, Any] | None)
 
 
 def read_ada(data: dict[str, Any]) -> RawCheckpoint:
-    """ADA-PyTorch / stylegan3 pickle dict -> :class:`RawCheckpoint` (§4.2)."""
+    """ADA-PyTorch / stylegan3 pickle dict -> :class:`RawCheckpoint`."""
     nets = {k: data.get(k) for k in ("G_ema", "G", "D")}
     for key, value in nets.items():
         if value is not None and not isinstance(value, PersistentStub):
@@ -155,13 +155,13 @@ def _tf_discriminator(net: TFNetworkStub) -> tuple[dict, dict[str, Any]]:
     _check_filter(kw.get("resample_kernel"), "D")
     ros = from_tf_variables(collect_tf_variables(net), "D")
     # The TF discriminators default to mbstd_group_size=4 (min(4, N) per group, like rosinality); ADA's
-    # legacy.py instead falls back to None (whole batch) when the kwarg is absent (§2.6). We follow TF.
+    # legacy.py instead falls back to None (whole batch) when the kwarg is absent. We follow TF.
     known = dict(conv_clamp=kw.get("conv_clamp"), mbstd_group_size=kw.get("mbstd_group_size", 4))
     return ros, known
 
 
 def read_tf(data: Any) -> RawCheckpoint:
-    """TF pickle ``(G, D, Gs)`` or ``Gs`` -> :class:`RawCheckpoint` (§4.3)."""
+    """TF pickle ``(G, D, Gs)`` or ``Gs`` -> :class:`RawCheckpoint`."""
     if isinstance(data, TFNetworkStub):
         tf_g, tf_d, tf_gs = None, None, data
     else:
