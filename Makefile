@@ -1,6 +1,6 @@
 # StyleShift developer commands. `make` (or `make help`) lists them.
-# Everything runs inside .venv, created/updated by pip only (specs/deps.md §1: pip honours the machines'
-# local torch wheels; torch and torchvision are pinned first so no other build is pulled in).
+# Everything runs inside .venv, created/updated by pip only (pip honours the machines' local torch wheels;
+# torch and torchvision are pinned first so no other build is pulled in).
 
 SHELL := /bin/bash
 PYTHON ?= python3

@@ -1,8 +1,11 @@
-"""Launch a StyleShift experiment: ``python train.py CONFIG [key=value ...] [--dry-run]``.
+"""Launch a StyleShift experiment: ``python train.py CONFIG [key=value ...] [--dry-run] [--reuse-dir]``.
 
-DESIGN.md contract 6. ``CONFIG`` is merged over ``configs/base.yaml``; ``key=value`` overrides use dotted
-keys (``trainer.max_steps=100 model.g_lr=0.001``); ``--dry-run`` prints the resolved, validated config
-and exits. Configuration errors are printed without a traceback (exit status 2).
+docs/architecture.md, "Run directories". ``CONFIG`` is merged over ``configs/base.yaml``; ``key=value`` overrides use dotted
+keys (``trainer.max_steps=100 model.gan.g_lr=0.001``). Before anything starts, the config is validated and
+the machine is checked (data paths, pretrained files, devices, the run directory); ``--dry-run`` does
+exactly that and prints the resolved config. Errors the user can fix are printed without a traceback:
+exit status 2 for the config and what it points to, 1 for problems found once the run started (a
+non-finite loss, unreadable data). ``--debug`` (or ``STYLESHIFT_DEBUG=1``) shows their tracebacks too.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import sys
 
 WANDB_USER_ERRORS = ("UsageError", "AuthenticationError", "CommError")  # login / network problems
 PROJECT_PACKAGES = ("models", "losses", "metrics", "lightning_modules", "datamodules", "callbacks", "launch")
+DEBUG_ENV = "STYLESHIFT_DEBUG"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -24,7 +28,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="experiment YAML file (merged over configs/base.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the config and the machine, print the resolved config and exit")
+    parser.add_argument("--reuse-dir", action="store_true",
+                        help="start a fresh fit in an output_dir that holds an earlier run (its files are "
+                             "moved to <output_dir>/previous-<time>/)")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show tracebacks for every error (also: {DEBUG_ENV}=1)")
     return parser.parse_args(argv)
 
 
@@ -35,34 +45,58 @@ def setup_logging() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
+def user_error_status(err: BaseException) -> int | None:
+    """The exit status of an error the user can fix (2: config, 1: runtime), None for anything else."""
+    from launch.errors import ConfigError, RunError
+    from lightning_modules.base import NonFiniteError
+
+    if isinstance(err, ConfigError):
+        return 2
+    if isinstance(err, (RunError, NonFiniteError)):
+        return 1
+    package = type(err).__module__.split(".")[0]
+    if type(err).__name__ == "MisconfigurationException" and package in ("lightning_fabric", "pytorch_lightning",
+                                                                        "lightning"):
+        return 2  # a Trainer setting Lightning refuses
+    from models.checkpoint_formats.errors import CheckpointError
+    if isinstance(err, CheckpointError):
+        return 1  # an unreadable checkpoint file; the message names it
+    if isinstance(err, FileNotFoundError) and package in PROJECT_PACKAGES:
+        # The project's own missing-file errors (models.assets.AssetMissingError, a metric's missing
+        # weights) already say which file, where to get it and where to put it.
+        return 1
+    if package == "wandb" and type(err).__name__ in WANDB_USER_ERRORS:
+        return 1
+    return None
+
+
+def message(err: BaseException) -> str:
+    text = str(err)
+    if type(err).__module__.split(".")[0] == "wandb":
+        text = f"W&B: {text} (or run offline: logger.wandb.mode=offline)"
+    return f"error: {text}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     from launch.config import compose, to_yaml
-    from launch.errors import ConfigError
     from launch.run import execute, prepare
 
     try:
-        prepared = prepare(compose(args.config, args.overrides))
+        prepared = prepare(compose(args.config, args.overrides), preflight=True, reuse_dir=args.reuse_dir)
         if args.dry_run:
             print(to_yaml(prepared.config), end="")
             return 0
         return execute(prepared)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as err:
-        # The project's own missing-file errors (models.assets.AssetMissingError, a metric's missing
-        # weights) already say which file, where to get it and where to put it: no traceback.
-        if type(err).__module__.split(".")[0] not in PROJECT_PACKAGES:
+    except Exception as err:  # noqa: BLE001 - user errors get a message, everything else its traceback
+        status = user_error_status(err)
+        if status is None or debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except Exception as err:
-        if not (type(err).__module__.startswith("wandb") and type(err).__name__ in WANDB_USER_ERRORS):
-            raise
-        print(f"error: W&B: {err} (or run offline: logger.wandb.mode=offline)", file=sys.stderr)
-        return 1
+        hint = f"\n(for the traceback: --debug or {DEBUG_ENV}=1)" if status == 1 else ""
+        print(message(err) + hint, file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Throughput of the evaluation layer (spec frameworks.md §2.11, §4.1 item 6). Run by hand::
+"""Throughput of the evaluation layer (docs/metrics.md). Run by hand::
 
     python bench/metrics.py [--num 64] [--res 256] [--batch 16] [--device cpu|cuda] [--lpips-net alex]
 

@@ -1,4 +1,4 @@
-"""Benchmark: a MixDL training iteration vs a plain StyleGAN2 iteration (spec idinvert_mixdl.md §2.9 "Performance").
+"""Benchmark: a MixDL training iteration vs a plain StyleGAN2 iteration (docs/methods/mixdl.md, "Compute").
 
 Both modules are trained by a Lightning ``Trainer`` on random images (the real training step: manual
 optimization, lazy R1 / path length at their intervals, EMA). Wall time is taken per iteration with a

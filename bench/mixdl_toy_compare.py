@@ -1,4 +1,5 @@
-"""Behaviour check of MixDL's claim on the toy 10-shot setting: MixDL vs plain StyleGAN2 (spec idinvert_mixdl.md §2.7).
+"""Behaviour check of MixDL's claim on the toy 10-shot setting: MixDL vs plain StyleGAN2
+(docs/methods/mixdl.md, "Metrics").
 
 Trains ``configs/mixdl/toy.yaml`` (MixDL) and the plain StyleGAN2 baseline with the same architecture,
 seed, data and budget (iterations of batch 4), then reports for the EMA generators:

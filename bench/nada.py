@@ -1,4 +1,4 @@
-"""Benchmark of one StyleGAN-NADA training iteration (spec nada_expansion.md §A3, §A12).
+"""Benchmark of one StyleGAN-NADA training iteration (docs/methods/nada.md, "Memory and compute").
 
 One iteration = [adaptive layer selection: a W+ SGD step at batch ``--selection-batch``] + two generator
 forwards + the CLIP loss + backward + Adam step, exactly :meth:`NADAModule.nada_iteration`. Measured with and

@@ -1,4 +1,4 @@
-"""Benchmark of the StyleGAN2 backbone (spec stylegan2_backbone.md §9.3).
+"""Benchmark of the StyleGAN2 backbone (docs/methods/stylegan2.md, "Fast paths").
 
 Measures, side by side in one run:
   * generator inference (no grad) and a G+D training step (non-saturating loss, both backwards),

@@ -1,4 +1,4 @@
-"""Benchmark of the StyleGAN2 training step per phase (spec stylegan2_backbone.md §6, §9).
+"""Benchmark of the StyleGAN2 training step per phase (docs/methods/stylegan2.md, "Training algorithm").
 
 Times each phase of ``lightning_modules.gan.StyleGAN2Core`` - loss, backward and Adam step, with the other
 network frozen as in training - outside Lightning, and prints images/second per phase plus the amortized

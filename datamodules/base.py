@@ -1,8 +1,10 @@
-"""Shared plumbing of the datamodules (spec frameworks.md §4.3 item 13).
+"""Shared plumbing of the datamodules.
 
 * :class:`GANDataModule`: the base every datamodule derives from. GAN modules evaluate through metric
   callbacks, not validation steps, so ``val_dataloader``/``test_dataloader`` return one tiny dummy batch:
-  Lightning's loops run and the callbacks fire.
+  Lightning's loops run and the callbacks fire. Training loaders are resumable (:func:`stateful_loader`):
+  Lightning saves their position with every checkpoint, so a run resumed mid-epoch draws the batches the
+  uninterrupted run would have drawn.
 * Image sources: a folder (recursive) or an NVIDIA-style dataset zip, listed as sorted relative POSIX
   names, read as bytes, hashed with streaming sha256.
 * Few-shot subsets: :func:`fewshot_order` (sorted names, then a seeded permutation) and manifest files
@@ -14,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 import zipfile
 from pathlib import Path
 from typing import BinaryIO, Iterable
@@ -23,14 +26,20 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import RandomSampler as StatefulRandomSampler
+from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
 from datamodules.transforms import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
+# torchdata's StatefulDataLoader calls a deprecated torch function on construction; nothing to act on.
+warnings.filterwarnings("ignore", message=r"'set_vital' is deprecated", category=UserWarning)
+
 
 def log_info(msg: str, *args) -> None:
-    """``logging`` at INFO level on global rank zero only (DESIGN.md habits)."""
+    """``logging`` at INFO level on global rank zero only (docs/architecture.md, "Conventions")."""
     if rank_zero_only.rank == 0:
         log.info(msg, *args)
 
@@ -59,6 +68,21 @@ class UInt8ImageDataset(Dataset):
 def dummy_eval_loader() -> DataLoader:
     """One batch holding one zero tensor: lets validate/test loops run so metric callbacks fire."""
     return DataLoader(TensorDataset(torch.zeros(1, 1)), batch_size=1)
+
+
+def stateful_loader(dataset: Dataset, batch_size: int, seed: int, drop_last: bool = True, num_workers: int = 0,
+                    rank: int = 0, world: int = 1) -> StatefulDataLoader:
+    """A shuffled, resumable ``StatefulDataLoader`` over ``dataset`` (one shard per rank when ``world > 1``)."""
+    common = dict(batch_size=batch_size, drop_last=drop_last, num_workers=num_workers,
+                  persistent_workers=num_workers > 0)
+    if world > 1:
+        sampler = StatefulDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=int(seed))
+    else:
+        sampler = StatefulRandomSampler(dataset, generator=torch.Generator().manual_seed(int(seed)))
+    # The shuffle owns its generator: a generator shared with the loader would also give the workers' base
+    # seed, drawn after each epoch's permutation, and a restored sampler would then miss that draw.
+    return StatefulDataLoader(dataset, sampler=sampler, generator=torch.Generator().manual_seed(int(seed)),
+                              **common)
 
 
 class GANDataModule(pl.LightningDataModule):
@@ -91,16 +115,22 @@ class GANDataModule(pl.LightningDataModule):
 
     def train_loader(self, dataset: Dataset, batch_size: int, seed: int, drop_last: bool = True,
                      num_workers: int = 0) -> DataLoader:
-        """Shuffled training loader seeded by ``seed``; a dataset smaller than one batch per process is an error."""
-        _, world = self.rank_and_world()
+        """Shuffled training loader seeded by ``seed`` whose position Lightning saves in every checkpoint.
+
+        It is a torchdata ``StatefulDataLoader``: Lightning stores its ``state_dict`` (the shuffle's generator
+        state and the number of samples served this epoch, including those prefetched by workers) with the
+        fit loop, and a resumed run continues the epoch with the next batch the interrupted run would have
+        drawn. Under DDP the loader brings its own stateful ``DistributedSampler`` (seeded by ``seed``; the
+        Trainer sets its epoch), so Lightning does not replace it by a stateless one. A dataset smaller than
+        one batch per process is an error.
+        """
+        rank, world = self.rank_and_world()
         if drop_last and len(dataset) // world < batch_size:
             raise ValueError(
                 f"the training set has {len(dataset)} items ({len(self.manifest_names)} images"
                 f"{', x2 for xflip' if getattr(dataset, 'xflip', False) else ''}) for {world} process(es), "
                 f"fewer than batch_size={batch_size} per process; lower batch_size or set drop_last=False")
-        generator = torch.Generator().manual_seed(int(seed))
-        return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
-                          drop_last=drop_last, num_workers=num_workers, persistent_workers=num_workers > 0)
+        return stateful_loader(dataset, batch_size, seed, drop_last, num_workers, rank, world)
 
     def save_manifest(self, path: str | os.PathLike) -> Path:
         """Write :attr:`manifest_names` as a manifest file that ``manifest=`` reads back exactly."""

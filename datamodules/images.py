@@ -1,5 +1,5 @@
-"""Image folders and dataset zips as a LightningDataModule (spec frameworks.md §2.1, §4.3 item 13;
-spec idinvert_mixdl.md §2.6 for the few-shot data MixDL trains on).
+"""Image folders and dataset zips as a LightningDataModule (few-shot subsets: docs/methods/mixdl.md,
+"Options").
 
 Pipeline (all in :meth:`ImageDataModule.setup`):
 

@@ -5,9 +5,10 @@ Batch ``k`` of rank ``r`` is drawn from a ``torch.Generator`` seeded with a 64-b
 
 * ranks get different streams, and runs with different seeds never share one (plain ``seed + rank``
   would give rank 1 of seed 0 the stream of rank 0 of seed 1);
-* the stream is random-access: resuming at position ``k`` (``state_dict``/``load_state_dict``, which
-  Lightning stores in checkpoints) continues the stream from the saved position at no cost (Lightning
-  fetches one batch ahead, so the saved position may include one batch the run never trained on).
+* the stream is random-access: resuming at position ``k`` continues it at no cost. The loader is a
+  torchdata ``StatefulDataLoader`` over a stateful stream, so Lightning saves the position of the batch
+  last served with the fit loop of every checkpoint, and a resumed run draws exactly the batches the
+  uninterrupted run would have drawn (the datamodule's own ``state_dict`` is kept for older checkpoints).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Iterator
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from datamodules.base import GANDataModule
 
@@ -45,6 +47,13 @@ class LatentStream(IterableDataset):
             self.position += 1
             yield batch
 
+    def state_dict(self) -> dict:
+        """The stream position (read by ``StatefulDataLoader``, hence by Lightning's checkpoints)."""
+        return {"position": self.position}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.position = int(state_dict["position"])
+
 
 class LatentDataModule(GANDataModule):
     """Seeded latent batches ``[batch_size, z_dim]`` (DDP: one stream per rank) and dummy eval loaders.
@@ -73,7 +82,7 @@ class LatentDataModule(GANDataModule):
         rank, _ = self.rank_and_world()
         position = self._stream.position if self._stream is not None else self._resume_position
         self._stream = LatentStream(self.z_dim, self.batch_size, self.steps_per_epoch, self.seed, rank, position)
-        return DataLoader(self._stream, batch_size=None)
+        return StatefulDataLoader(self._stream, batch_size=None)
 
     @property
     def position(self) -> int:

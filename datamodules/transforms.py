@@ -1,4 +1,4 @@
-"""Decoding and preprocessing of dataset images (spec frameworks.md §2.1, §4.3 item 13).
+"""Decoding and preprocessing of dataset images.
 
 Every image that enters training or a metric reference set goes through :func:`decode_image`, so the
 preprocessing is one recorded recipe (:func:`preprocessing_description`):
@@ -11,7 +11,7 @@ preprocessing is one recorded recipe (:func:`preprocessing_description`):
 4. ``crop="center"``: take the largest centred square; ``crop="none"``: require a square image;
 5. resize to ``resolution`` x ``resolution`` with the named PIL filter (skipped when already that size).
 
-The filter matters for FID (box vs Lanczos explains a published gap, spec frameworks.md §2.1), which is why
+The filter matters for FID (box vs Lanczos explains a published gap, docs/metrics.md, "Quantization"), which is why
 it is part of the description hashed into every reference set.
 """
 from __future__ import annotations

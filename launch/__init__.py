@@ -1,4 +1,4 @@
-"""The launcher behind ``train.py`` (DESIGN.md contract 6, spec frameworks.md §4.4).
+"""The launcher behind ``train.py`` (docs/architecture.md, "Run directories").
 
 ``config`` merges ``configs/base.yaml``, the experiment file and CLI overrides; ``schema`` validates every
 key against the constructors it feeds; ``run`` builds the objects, the run directory, the loggers and the

@@ -1,6 +1,6 @@
 """Checkpoints of a run: ``checkpoints/kimg{NNNNNN}.ckpt`` every ``every_kimg`` and ``checkpoints/last.ckpt``.
 
-Spec frameworks.md §2.3 / §4.2 item 7: the cadence follows the module's own images-seen counter
+docs/architecture.md, "kimg counters, not global_step": the cadence follows the module's own images-seen counter
 (``module.kimg``), not ``trainer.global_step`` (which counts every optimizer step of a GAN). Files are
 full Lightning checkpoints (optimizers, loops, callbacks), so ``ckpt_path=...`` resumes them exactly.
 ``last.ckpt`` and ``interrupted.ckpt`` are hard links to the file just written (copies where links are
@@ -120,9 +120,17 @@ def read_checkpoint_meta(path: str | Path) -> dict:
     Loaded memory-mapped with ``weights_only=True``: cheap for large files and never runs code from them.
     """
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)  # a legacy (non-zip) file
     except Exception as err:  # noqa: BLE001 - any failure means the file cannot be resumed from
-        raise ConfigError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"cannot read checkpoint {path} ({type(err).__name__}: {reason[:200]}): it is damaged "
+                          f"or not a torch checkpoint; point ckpt_path at a run's checkpoints/*.ckpt "
+                          f"(or ckpt_path=last)") from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ConfigError(f"{path} is not a Lightning checkpoint (no 'state_dict'); to start from exported "
                           f"generator weights use the method's own option (e.g. model.checkpoint=...)")

@@ -25,6 +25,7 @@ from launch.errors import ConfigError
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 EXTENDS_KEY = "extends"
+PROVENANCE_KEY = "provenance"  # launch.provenance.SECTION
 
 
 def read_yaml(path: Path) -> DictConfig:
@@ -58,7 +59,8 @@ def _find_parent(ref: Any, child: Path, configs_dir: Path) -> Path:
 
 
 def experiment_chain(path: Path, configs_dir: Path = CONFIGS_DIR) -> list[DictConfig]:
-    """The experiment file and its ``extends`` ancestors, root ancestor first, ``extends`` keys removed."""
+    """The experiment file and its ``extends`` ancestors, root ancestor first, ``extends`` keys removed
+    (and the ``provenance`` section a run's ``config.yaml`` carries)."""
     chain: list[DictConfig] = []
     seen: list[Path] = []
     current: Path | None = Path(path).resolve()
@@ -69,6 +71,7 @@ def experiment_chain(path: Path, configs_dir: Path = CONFIGS_DIR) -> list[DictCo
         seen.append(current)
         cfg = read_yaml(current)
         ref = cfg.pop(EXTENDS_KEY, None)
+        cfg.pop(PROVENANCE_KEY, None)  # what an earlier launch of a run's config.yaml recorded, not a setting
         chain.append(cfg)
         current = _find_parent(ref, current, configs_dir) if ref is not None else None
     return chain[::-1]

@@ -1,8 +1,10 @@
 """SIGTERM / SIGINT during training: checkpoint at the end of the current batch, then stop cleanly.
 
-Spec frameworks.md §2.5. The handler only records the signal; at the end of the batch every rank agrees
+README, "Where outputs go". The handler only records the signal; at the end of the batch every rank agrees
 (any rank that got a signal stops all), ``checkpoints/last.ckpt`` and ``checkpoints/interrupted.ckpt`` are
-written and the Trainer is asked to stop. The previous handlers come back after the first signal, so a
+written and the Trainer is asked to stop. The module's export at the end of ``fit`` then goes to
+``<name>.interrupted<suffix>`` (``generator.interrupted.pt``), so a partial model never replaces the
+product of a finished run. The previous handlers come back after the first signal, so a
 second Ctrl-C interrupts at once (Lightning's KeyboardInterrupt path), and after training.
 """
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -18,6 +21,12 @@ from pytorch_lightning.callbacks import Callback
 from launch.checkpointing import INTERRUPTED, LAST, CheckpointWriter
 
 log = logging.getLogger(__name__)
+
+
+def interrupted_name(name: str) -> str:
+    """``generator.pt`` -> ``generator.interrupted.pt``: where an interrupted run exports its partial product."""
+    path = Path(name)
+    return str(path.with_name(f"{path.stem}.interrupted{path.suffix}"))
 
 
 class GracefulInterrupt(Callback):
@@ -60,6 +69,9 @@ class GracefulInterrupt(Callback):
         log.warning("received %s: saving a checkpoint and stopping", signal.Signals(self.signum).name)
         self.writer.save(trainer, [LAST, INTERRUPTED])
         trainer.should_stop = True
+        product = getattr(pl_module, "product_file", None)
+        if isinstance(product, str):  # the export at the end of fit is a partial model: say so in its name
+            pl_module.product_file = interrupted_name(product)
 
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._restore_handlers()

@@ -4,6 +4,9 @@ Both put ``kimg`` (the module's images-seen counter) next to Lightning's step: t
 into every line, the W&B logger logs it with every metric dict and makes it the x-axis of every panel
 (``define_metric("*", step_metric="kimg")``; the metrics callback's values included). The module is bound
 after the Trainer has launched (``bind_module``), so the loggers stay picklable for spawn-based DDP.
+
+The W&B config is the launcher's resolved config, nested as in ``config.yaml`` and with its ``provenance``
+(:meth:`KimgWandbLogger.log_config`); Lightning's own logging of constructor arguments is ignored.
 """
 from __future__ import annotations
 
@@ -84,6 +87,16 @@ class KimgWandbLogger(_KimgSource, WandbLogger):
         super().__init__(**kwargs)
         # WandbLogger always passes anonymous=None, which wandb answers with a deprecation notice per run.
         getattr(self, "_wandb_init", {}).pop("anonymous", None)
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """Ignored: Lightning would log the module's constructor arguments here, flattened to the top level
+        (where ``model.seed: null`` overwrites the run's ``seed``). The config is :meth:`log_config`'s."""
+
+    @rank_zero_only
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        """The run's resolved config as the W&B config, nested as in ``config.yaml`` (with its provenance)."""
+        super().log_hyperparams(dict(config))
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Import-string registries (DESIGN.md "Layout"; spec frameworks.md §4.4).
+"""Import-string registries (docs/architecture.md, "Layout").
 
 Registries map a short name to ``"package.module:Attribute"`` and are resolved lazily, so that naming a
 method does not import every other method. A config may also name a class directly by import string

@@ -1,6 +1,6 @@
 """Run continuity across resumes: the W&B run id, the global RNG states and the resolved config.
 
-Spec frameworks.md §2.5 and §4.2 item 11. Lightning restores optimizers and loops but neither the logger's
+README, "Where outputs go". Lightning restores optimizers and loops but neither the logger's
 run id (so a resumed run would open a new W&B run) nor the global RNGs. This callback stores, in the
 checkpoint's top-level ``styleshift`` entry: ``config`` (the resolved config), ``wandb_run_id`` and
 ``rng_states`` (python, numpy, torch and CUDA generators of every rank). On resume the states are put
@@ -47,6 +47,22 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def resume_after_last_batch(checkpoint: dict) -> None:
+    """In place: make a checkpoint written at the end of an epoch's last batch resume as the next epoch.
+
+    Lightning (2.4-2.6) restores such a checkpoint by counting the epoch as finished and then running the
+    rest of it, which is empty, as one more epoch: the epoch counter runs one ahead (a DDP sampler then
+    shuffles the next epoch with the wrong epoch number, and ``max_epochs`` ends a run one epoch early).
+    With a resumable loader (its state is in the checkpoint), clearing the saved ``is_last_batch`` lets
+    the restored, exhausted loader end epoch ``e`` once, after which epoch ``e + 1`` runs as it would have.
+    Called from ``on_load_checkpoint``, before Lightning restores its loops from the same dict.
+    """
+    fit = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    batches = fit.get("epoch_loop.batch_progress")
+    if fit.get("state_dict", {}).get("combined_loader") and isinstance(batches, dict) and batches.get("is_last_batch"):
+        batches["is_last_batch"] = False
+
+
 def _all_gather(obj: Any, trainer: "pl.Trainer") -> list:
     if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
         out: list = [None] * torch.distributed.get_world_size()
@@ -70,7 +86,10 @@ class RunStateCallback(Callback):
         for logger in trainer.loggers:
             if hasattr(logger, "bind_module"):
                 logger.bind_module(pl_module)
-            logger.log_hyperparams(self.config)
+            if hasattr(logger, "log_config"):
+                logger.log_config(self.config)
+            else:
+                logger.log_hyperparams(self.config)
 
     @staticmethod
     def wandb_run_id(trainer: "pl.Trainer") -> str | None:
@@ -85,6 +104,7 @@ class RunStateCallback(Callback):
                                 "rng_states": _all_gather(get_rng_state(), trainer)}
 
     def on_load_checkpoint(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", checkpoint: dict) -> None:
+        resume_after_last_batch(checkpoint)
         states = (checkpoint.get(META_KEY) or {}).get("rng_states")
         if not states:
             log.warning("checkpoint has no RNG states: random streams restart from the seed")
@@ -99,3 +119,19 @@ class RunStateCallback(Callback):
         if self._pending_rng is not None:
             set_rng_state(self._pending_rng)
             self._pending_rng = None
+        drop_stale_step_values(trainer)
+
+
+def drop_stale_step_values(trainer: "pl.Trainer") -> None:
+    """Forget the step-only values logged by earlier batches of the epoch.
+
+    Lightning keeps a value logged with ``on_step=True, on_epoch=False`` until the epoch ends, and logs it
+    again with every later step, so a step that did not compute it (a lazy regularization step skipped
+    this iteration) would show the last computed value. Each ``metrics.jsonl`` line (and W&B step) then
+    holds what its own step computed, the same whether or not the run was resumed in between.
+    """
+    results = getattr(trainer, "_results", None)
+    for item in (results.values() if results is not None else ()):
+        meta = getattr(item, "meta", None)
+        if getattr(item, "is_tensor", False) and meta is not None and meta.on_step and not meta.on_epoch:
+            item.reset()

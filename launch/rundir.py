@@ -1,18 +1,24 @@
 """Where a run lives: ``output_dir`` (default ``runs/<YYYYmmdd-HHMMSS>_<experiment>``) and what it resumes.
 
-DESIGN.md contract 6; spec frameworks.md §2.5 (resume continues the same run) and §2.8 (every DDP process
+docs/architecture.md, "Run directories": a resume continues the same run, and every DDP process
 must agree on one directory: processes that Lightning re-launches inherit the directory chosen by rank 0
 through ``STYLESHIFT_RUN_DIR``; processes started by an external launcher such as torchrun or srun need
-an explicit ``output_dir``).
+an explicit ``output_dir``.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
+import socket
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+from filelock import FileLock, Timeout
 
 from launch.checkpointing import CHECKPOINT_DIR, LAST
 from launch.config import timestamp, to_yaml
@@ -92,3 +98,162 @@ def prepare_run_dir(run_dir: Path, config: dict, mode: str) -> None:
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, target)
+
+
+# ------------------------------------------------------------------------------------------ ownership
+LOCK_FILE = ".styleshift.lock"
+OWNER_FILE = ".styleshift.owner.json"
+#: names that mark a directory as holding (the start of) a run
+RUN_MARKERS = (CONFIG_FILE, "metrics.jsonl", "generator.pt", "mapper.pt", "encoder.pt", "test_metrics.json")
+#: what a run directory holds right after ``prepare_run_dir`` (removed again when the launch fails early)
+_BOOKKEEPING = {CONFIG_FILE, LOCK_FILE, OWNER_FILE, CHECKPOINT_DIR, SAMPLES_DIR, "wandb"}
+
+
+class RunDirBusy(ConfigError):
+    """Another live process holds the run directory's lock."""
+
+
+class RunDirUsed(ConfigError):
+    """A fresh fit would write into a directory that holds an earlier run."""
+
+
+def previous_run(run_dir: Path) -> list[str]:
+    """What in ``run_dir`` belongs to an earlier run (empty: the directory is new, empty or unrelated)."""
+    if not run_dir.is_dir():
+        return []
+    found = [name for name in RUN_MARKERS if (run_dir / name).exists()]
+    ckpts = sorted((run_dir / CHECKPOINT_DIR).glob("*.ckpt")) if (run_dir / CHECKPOINT_DIR).is_dir() else []
+    if ckpts:
+        found.append(f"{len(ckpts)} checkpoint(s) in {CHECKPOINT_DIR}/")
+    return found
+
+
+def used_dir_problem(run_dir: Path, mode: str, resumes: bool, reuse_dir: bool) -> str | None:
+    """A fresh fit into a directory of an earlier run is refused unless it resumes or ``--reuse-dir``."""
+    if mode != "fit" or resumes or reuse_dir:
+        return None
+    found = previous_run(run_dir)
+    if not found:
+        return None
+    return (f"'output_dir': {run_dir} already holds a run ({', '.join(found)}); a fresh fit there would mix its "
+            f"logs and overwrite its checkpoints and exports. Resume it with ckpt_path=last, choose another "
+            f"output_dir, or pass --reuse-dir to start over there (the earlier files are moved to "
+            f"{run_dir}/previous-<time>/)")
+
+
+def read_owner(run_dir: Path) -> dict:
+    try:
+        owner = json.loads((run_dir / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def _describe_owner(owner: dict) -> str:
+    if not owner:
+        return "another process"
+    when = owner.get("since")
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) if isinstance(when, (int, float)) else "?"
+    command = owner.get("command")
+    return (f"process {owner.get('pid', '?')} on {owner.get('host', '?')} (since {since}"
+            + (f": {command}" if command else "") + ")")
+
+
+def lock_problem(run_dir: Path) -> str | None:
+    """Whether ``run_dir`` is locked by a live run right now (probe: takes and releases the lock)."""
+    if not (run_dir / LOCK_FILE).is_file():
+        return None
+    lock = FileLock(str(run_dir / LOCK_FILE), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return (f"'output_dir': {run_dir} is in use by {_describe_owner(read_owner(run_dir))}; wait until it "
+                f"finishes or choose another output_dir")
+    lock.release()
+    return None
+
+
+class RunDirectory:
+    """Owns a run directory for one launch (global rank zero only; other ranks get a no-op).
+
+    On entry: creates the directory, takes its lock (``.styleshift.lock``, an ``flock`` that the kernel
+    releases when the process dies; a second launch into the directory fails at once with
+    :class:`RunDirBusy`), records the owner (pid, host, time, command) and, when the previous owner died
+    without releasing, says that its stale lock was taken over. It then refuses a fresh fit into an earlier
+    run (:class:`RunDirUsed`) or, with ``reuse_dir``, moves the earlier files to ``previous-<time>/``.
+    On exit: releases the lock; if the launch failed and the directory was created by it and holds
+    nothing but its config and empty folders, removes it again.
+    """
+
+    def __init__(self, run_dir: Path, mode: str, resumes: bool, reuse_dir: bool = False,
+                 leader: bool = True) -> None:
+        self.run_dir, self.mode, self.resumes, self.reuse_dir, self.leader = run_dir, mode, resumes, reuse_dir, leader
+        self._lock: FileLock | None = None
+        self._created = False
+
+    def __enter__(self) -> "RunDirectory":
+        if not self.leader:
+            return self
+        self._created = not self.run_dir.exists()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.run_dir / LOCK_FILE), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RunDirBusy(f"{self.run_dir} is in use by {_describe_owner(read_owner(self.run_dir))}; wait "
+                             f"until it finishes or choose another output_dir") from None
+        self._lock = lock
+        try:
+            stale = read_owner(self.run_dir)
+            if stale:
+                log.warning("run directory %s: taking over the lock of %s, which ended without releasing it",
+                            self.run_dir, _describe_owner(stale))
+            owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
+                     "command": " ".join(sys.argv)}
+            _write_atomic(self.run_dir / OWNER_FILE, json.dumps(owner))
+            problem = used_dir_problem(self.run_dir, self.mode, self.resumes, self.reuse_dir)
+            if problem:
+                raise RunDirUsed(problem)
+            if self.mode == "fit" and not self.resumes and self.reuse_dir and previous_run(self.run_dir):
+                self._move_aside()
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    def _move_aside(self) -> None:
+        target = self.run_dir / f"previous-{timestamp()}"
+        target.mkdir()
+        for entry in sorted(self.run_dir.iterdir()):
+            if entry.name in (LOCK_FILE, OWNER_FILE) or entry.name.startswith("previous-"):
+                continue
+            entry.rename(target / entry.name)
+        log.warning("--reuse-dir: the earlier run's files in %s were moved to %s", self.run_dir, target)
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            (self.run_dir / OWNER_FILE).unlink(missing_ok=True)
+            self._lock.release()
+            self._lock = None
+
+    def _holds_nothing(self) -> bool:
+        for entry in self.run_dir.iterdir():
+            if entry.name not in _BOOKKEEPING:
+                return False
+            if entry.is_dir() and entry.name != "wandb" and any(entry.iterdir()):
+                return False
+        return True
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.leader:
+            return
+        self._release()
+        if exc_type is not None and self._created and self.run_dir.is_dir() and self._holds_nothing():
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            log.info("removed %s again: the launch failed before the run wrote anything", self.run_dir)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

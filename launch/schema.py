@@ -1,7 +1,8 @@
 """Strict validation of a composed config: every key must mean something, every value must fit its type.
 
 Top-level sections are fixed; ``model`` keys are checked against the method's constructor, ``data``
-against the datamodule's, ``trainer`` against ``pytorch_lightning.Trainer``, each ``callbacks.<name>``
+against the datamodule's, ``trainer`` against ``pytorch_lightning.Trainer`` (keys and the types its hints
+express), each ``callbacks.<name>``
 against that callback's constructor, ``logger.wandb`` and ``checkpoint`` against fixed schemas. All
 problems are reported at once, each unknown key with its closest valid spellings.
 
@@ -265,7 +266,7 @@ def validate(cfg: Mapping, registries: Registries | None = None) -> Plan:
     check_keys("", cfg, SECTIONS, errors)
     _check_scalars(cfg, errors)
     if errors:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+        raise ConfigError.of(errors)
     registries = registries or Registries.default()
 
     method_cls = _resolve("method", cfg["method"], registries.methods, errors)
@@ -289,8 +290,7 @@ def validate(cfg: Mapping, registries: Registries | None = None) -> Plan:
         if key in trainer_kwargs:
             errors.append(f"'trainer.{key}' is set by the launcher; use {where} instead")
             trainer_kwargs.pop(key)
-    check_signature("trainer", trainer_kwargs, pl.Trainer, errors, exclude=tuple(MANAGED_TRAINER_KEYS),
-                    check_types=False)
+    check_signature("trainer", trainer_kwargs, pl.Trainer, errors, exclude=tuple(MANAGED_TRAINER_KEYS))
 
     callbacks = []
     for name, kwargs in cfg["callbacks"].items():
@@ -306,5 +306,5 @@ def validate(cfg: Mapping, registries: Registries | None = None) -> Plan:
     _check_logger(cfg["logger"], errors)
     _check_checkpoint(cfg["checkpoint"], errors)
     if errors:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+        raise ConfigError.of(errors)
     return Plan(method_cls, model_kwargs, datamodule_cls, data_kwargs, callbacks, trainer_kwargs)

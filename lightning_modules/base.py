@@ -10,7 +10,8 @@
   resumed run reproduces an uninterrupted one and DDP ranks draw different samples.
 * **Non-finite values.** :meth:`step` runs one optimizer step of a named phase: it checks the loss (agreed
   across DDP ranks) and the gradients, then with ``nan_policy="raise"`` raises ``FloatingPointError`` naming
-  the phase, kimg and losses, with ``"skip"`` drops the step with a warning and counts it (``nan_skips``).
+  the phase, kimg and losses, with ``"skip"`` drops the step with a warning and counts it (``nan_skips``);
+  a phase skipped ``max_consecutive_skips`` times in a row stops the run (:class:`NonFiniteError`).
 * **Frozen networks** (:meth:`hold`, :mod:`models.frozen`): outside ``parameters()``, ``state_dict()`` and
   optimizers, always eval, moved with the module.
 * **Checkpoint state** under one key (:data:`STATE_KEY`): counters and seed, plus :meth:`extra_state`.
@@ -52,6 +53,14 @@ MEAN_W_SAMPLES = 4096
 MEAN_W_SEED = 0
 
 
+class NonFiniteError(FloatingPointError):
+    """A non-finite loss or gradient stopped training (``nan_policy="raise"``, or too many skips in a row).
+
+    The message names the phase, kimg and losses and the config key to change; ``train.py`` prints it
+    without a traceback.
+    """
+
+
 class OptimizerGroup:
     """Optimizers used as one in :meth:`MethodModule.step`: ``param_groups`` concatenated, ``zero_grad`` and
     ``step`` applied to each; each keeps its own state (and its own entry in Lightning checkpoints)."""
@@ -81,6 +90,8 @@ class MethodModule(HoldsFrozen, pl.LightningModule):
         seed: base seed of the per-iteration randomness (None: ``torch.initial_seed()`` at setup, i.e. the
             launcher's ``seed``).
         nan_policy: ``"raise"`` or ``"skip"`` on a non-finite loss or gradient.
+        max_consecutive_skips: with ``nan_policy="skip"``, stop with :class:`NonFiniteError` when one phase
+            skipped this many steps in a row (a successful step of the phase resets its count); None: no limit.
         total_kimg: stop training after this many thousand images (None: the Trainer's own limits).
         grad_reset: how gradients are cleared before each backward. ``"zero"`` (default, the official
             implementations' ``zero_grad()`` of PyTorch 1.x): gradient tensors are zeroed and kept, so Adam
@@ -97,10 +108,17 @@ class MethodModule(HoldsFrozen, pl.LightningModule):
     precision_note: str = ""
 
     def __init__(self, *, seed: int | None = None, nan_policy: str = "raise", total_kimg: float | None = None,
-                 grad_reset: str = "zero"):
+                 grad_reset: str = "zero", max_consecutive_skips: int | None = 10):
         super().__init__()
         if nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+        if max_consecutive_skips is not None and (isinstance(max_consecutive_skips, bool)
+                                                  or not isinstance(max_consecutive_skips, int)
+                                                  or max_consecutive_skips < 1):
+            raise ValueError(f"max_consecutive_skips must be a positive integer or None, got {max_consecutive_skips!r}")
+        self.max_consecutive_skips = max_consecutive_skips
+        #: steps skipped in a row, per phase (reset by a successful step of that phase)
+        self.consecutive_skips: dict[str, int] = {}
         if grad_reset not in GRAD_RESETS:
             raise ValueError(f"grad_reset must be one of {GRAD_RESETS}, got {grad_reset!r}")
         self.grad_reset = grad_reset
@@ -174,6 +192,7 @@ class MethodModule(HoldsFrozen, pl.LightningModule):
             self._non_finite(phase, "gradients", phase_logs)
             return None
         optimizer.step()
+        self.consecutive_skips.pop(phase, None)
         return loss.detach()
 
     def _agreed_finite(self, loss: Tensor) -> bool:
@@ -187,9 +206,17 @@ class MethodModule(HoldsFrozen, pl.LightningModule):
         message = (f"non-finite {what} in phase {phase} at kimg {self.kimg:.3f} "
                    f"(iteration {self.iteration}): {values}")
         if self.nan_policy == "raise":
-            raise FloatingPointError(message + " - set model.nan_policy=skip to skip such steps")
+            raise NonFiniteError(message + " - set model.nan_policy=skip to skip such steps")
         self.nan_skips += 1
-        rank_zero_warn(f"{message}; optimizer step skipped ({self.nan_skips} so far)", category=RuntimeWarning)
+        in_a_row = self.consecutive_skips[phase] = self.consecutive_skips.get(phase, 0) + 1
+        limit = self.max_consecutive_skips
+        if limit is not None and in_a_row >= limit:
+            raise NonFiniteError(
+                f"{message}; phase {phase} skipped {in_a_row} steps in a row (model.max_consecutive_skips="
+                f"{limit}): training has diverged and would go on without updating. Lower the learning rate, "
+                f"or raise model.max_consecutive_skips (null: no limit)")
+        rank_zero_warn(f"{message}; optimizer step skipped ({self.nan_skips} so far, {in_a_row} in a row for "
+                       f"{phase}; the run stops at model.max_consecutive_skips={limit})", category=RuntimeWarning)
 
     # ------------------------------------------------------------------------------ end of an iteration
     def end_iteration(self, batch_size: int, logs: dict[str, Tensor]) -> None:
@@ -247,8 +274,9 @@ class MethodModule(HoldsFrozen, pl.LightningModule):
         """Restore what :meth:`extra_state` saved."""
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        skips = {"consecutive_skips": dict(self.consecutive_skips)} if self.consecutive_skips else {}
         checkpoint[STATE_KEY] = {"nimg": self.nimg, "iteration": self.iteration, "nan_skips": self.nan_skips,
-                                 "base_seed": self._base_seed, **self.extra_state()}
+                                 "base_seed": self._base_seed, **skips, **self.extra_state()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get(STATE_KEY)
@@ -259,6 +287,7 @@ class MethodModule(HoldsFrozen, pl.LightningModule):
                            f"a StyleShift method module")
         self.nimg, self.iteration = int(state["nimg"]), int(state.get("iteration", 0))
         self.nan_skips = int(state.get("nan_skips", 0))
+        self.consecutive_skips = {str(k): int(v) for k, v in (state.get("consecutive_skips") or {}).items()}
         self._base_seed = state.get("base_seed", self._base_seed)
         self._mean_w_cache = {}
         self.load_extra_state(state)
@@ -316,6 +345,6 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["MethodModule", "OptimizerGroup", "NAN_POLICIES", "GRAD_RESETS", "STATE_KEY", "MEAN_W_SAMPLES",
-           "MEAN_W_SEED",
+__all__ = ["MethodModule", "OptimizerGroup", "NonFiniteError", "NAN_POLICIES", "GRAD_RESETS", "STATE_KEY",
+           "MEAN_W_SAMPLES", "MEAN_W_SEED",
            "count_parameters"]

@@ -1,4 +1,4 @@
-"""Generator exponential moving average (spec stylegan2_backbone.md §5.9 and §6 step 5).
+"""Generator exponential moving average (docs/methods/stylegan2.md, "EMA").
 
 NVIDIA form (stylegan2-ada-pytorch): the half-life is given in thousands of images, so the decay per
 step follows the real number of images per step (``batch`` summed over all ranks)::

@@ -1,10 +1,11 @@
 """MixDL: few-shot generation from scratch with mixup-based distance learning (Kong et al., ECCV 2022).
 
-Spec idinvert_mixdl.md Part 2. StyleGAN2 trained from scratch on ~10 images; every ``mixup_every``-th
-iteration (2 in the paper) is a *mixup iteration* (spec §2.3)::
+docs/methods/mixdl.md has the algorithm, every option with its official value and the deviations. StyleGAN2
+trained from scratch on ~10 images; every ``mixup_every``-th iteration (2 in the paper) is a *mixup
+iteration*::
 
     D step   alpha ~ Dir(c * 1_B)  [B, B]
-             w = f(z);  x_a = G(w);  x_m = G(alpha w)          G frozen, w in W [B, style_dim] (§2.9)
+             w = f(z);  x_a = G(w);  x_m = G(alpha w)          G frozen, w in W [B, style_dim]
              L_D = softplus(D_patch(x_m)) + softplus(-D_patch(x))             patch heads, own p_ind per call
                  + d_kl_wt * KL(softmax(alpha) || softmax_j cos(u(x_m,i), u(x_a,j)))     u = sim_linear(h)
     G step   alpha' ~ Dir(c * 1_B), a fresh draw (``shared_alpha: true`` reuses the D step's alpha)
@@ -15,7 +16,7 @@ iteration (2 in the paper) is a *mixup iteration* (spec §2.3)::
 The other iterations are plain StyleGAN2 steps (image-level D, style mixing); the G EMA is updated
 every iteration. ``D_patch`` are CDC's ``Extra`` heads on intermediate D maps (``models.mixdl_heads``).
 They and the D-side projection head are trained with D - the heads by an optimizer of their own - and
-both are saved in checkpoints (the released code forgets the heads, spec §2.9).
+both are saved in checkpoints (the released code forgets the heads).
 
 Logged: ``loss/D_main`` and ``loss/G_main`` on plain iterations; on mixup iterations ``loss/D_mixup`` =
 ``loss/D_patch`` + d_kl_wt ``loss/D_distance`` and ``loss/G_mixup`` = ``loss/G_patch`` + kl_wt
@@ -24,7 +25,7 @@ Logged: ``loss/D_main`` and ``loss/G_main`` on plain iterations; on mixup iterat
 Deviations from the released ``train_mixdl.py``, each noted where it happens:
 
 * mixing is done on single W vectors [B, style_dim] (the released script mixes the broadcast W+ and
-  crashes at iteration 0, spec §2.9);
+  crashes at iteration 0);
 * anchors and mixes are rendered in one generator call of 2B images (same distribution: independent
   random noise per image);
 * the G-side loss is vectorized (one matrix product per distinct layer) instead of a B x B loop;
@@ -52,7 +53,7 @@ from models.frozen import trainable
 from models.mixup import make_coefficient_sampler, mix_latents
 from models.sampler import Sampler, latent_sampler, w_interpolation_sampler
 
-#: rosinality's fixed EMA decay 0.5 ** (32 / 10_000) per step, expressed for batch 4 (spec §2.3).
+#: rosinality's fixed EMA decay 0.5 ** (32 / 10_000) per step, expressed for batch 4.
 MIXDL_EMA_KIMG = 10.0 * 4 / 32
 
 
@@ -115,7 +116,7 @@ class MixDLModule(StyleGAN2Module):
 
     # ------------------------------------------------------------------------------ schedule
     def is_mixup_iteration(self, iteration: int | None = None) -> bool:
-        """``which == 0`` of the released code: ``iteration % mixup_every == 0`` (spec §2.3)."""
+        """``which == 0`` of the released code: ``iteration % mixup_every == 0``."""
         i = self.iteration if iteration is None else iteration
         return self.mixup_every > 0 and i % self.mixup_every == 0
 
@@ -127,19 +128,19 @@ class MixDLModule(StyleGAN2Module):
         return (out[0], out[2]) if return_feats else out[0]
 
     def mixing_coefficients(self, batch: int) -> torch.Tensor:
-        """alpha [B, B]: row i mixes the B anchors into mix i (spec §2.3 step 1)."""
+        """alpha [B, B]: row i mixes the B anchors into mix i."""
         return self.sample_coefficients(batch, batch, generator=self.rng, device=self.device)
 
     def anchors_and_mixes(self, coeffs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fresh anchors ``w = f(z)`` [B, style_dim] and their mixes ``alpha w`` (spec §2.3).
+        """Fresh anchors ``w = f(z)`` [B, style_dim] and their mixes ``alpha w``.
 
-        Mixing single W vectors fixes the released script, which mixed the broadcast W+ and crashed (§2.9).
+        Mixing single W vectors fixes the released script, which mixed the broadcast W+ and crashed.
         """
         w = self.generator.get_latent(self.sample_z(coeffs.shape[1]))
         return w, mix_latents(w, coeffs)
 
     def patch_logits(self, images: torch.Tensor, augment: bool = True) -> torch.Tensor:
-        """Patch-level D output [B, 1, H, W] through a patch head drawn for this call (spec §2.2), of the
+        """Patch-level D output [B, 1, H, W] through a patch head drawn for this call, of the
         augmented ``images`` (``augment=False``: as given)."""
         index = int(torch.randint(len(self.patch_heads), (), generator=self.rng, device=self.rng.device))
         x = self.augment(images) if augment else images
@@ -147,7 +148,7 @@ class MixDLModule(StyleGAN2Module):
 
     # ------------------------------------------------------------------------------ mixup phases
     def mixup_discriminator_loss(self, real: torch.Tensor, coeffs: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """D step of a mixup iteration (spec §2.3 D steps 2-6, §2.5)."""
+        """D step of a mixup iteration (docs/methods/mixdl.md, "Algorithm" and "D side")."""
         n = real.shape[0]
         with torch.no_grad():
             w, w_mix = self.anchors_and_mixes(coeffs)
@@ -175,7 +176,8 @@ class MixDLModule(StyleGAN2Module):
         return self.lazy_r1(lambda x: self.patch_logits(x, augment=False).flatten(1).mean(1, keepdim=True), real)
 
     def mixup_generator_loss(self, real: torch.Tensor, coeffs: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """G step of a mixup iteration: patch-level adversarial loss on mixes + G-side distance (§2.3, §2.4)."""
+        """G step of a mixup iteration: patch-level adversarial loss on mixes + G-side distance
+        (docs/methods/mixdl.md, "G side")."""
         n = real.shape[0]
         _, w_mix = self.anchors_and_mixes(coeffs)
         adversarial = g_nonsaturating_loss(self.patch_logits(self.synthesize(w_mix)).float())
@@ -229,7 +231,7 @@ class MixDLModule(StyleGAN2Module):
     # ------------------------------------------------------------------------------ optimizers
     def configure_optimizers(self):
         """G; D with the projection head (``sim_linear`` sits inside D in the released code); the patch
-        heads with their own Adam of D's settings (``e_optim``, spec §2.6)."""
+        heads with their own Adam of D's settings (the released ``e_optim``)."""
         opt_g = torch.optim.Adam(self.generator.parameters(), **self.g_opt_kwargs)
         opt_d = torch.optim.Adam([*self.discriminator.parameters(), *self.distance_head.parameters()],
                                  **self.d_opt_kwargs)

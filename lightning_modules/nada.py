@@ -1,32 +1,33 @@
 """StyleGAN-NADA (Gal et al., SIGGRAPH 2022): CLIP-guided domain adaptation of a pretrained generator.
 
-Spec nada_expansion.md Part A (SG2 path), §C1 (Lightning mapping) and §D1 (paper-like settings). One training
-iteration (§A3), as :meth:`NADAModule.training_step` runs it:
+docs/methods/nada.md has the algorithm, every option with its paper/official value and the deviations. One
+training iteration, as :meth:`NADAModule.training_step` runs it:
 
-1. if ``auto_layer_iters > 0``: adaptive layer selection (§A5, :mod:`lightning_modules.nada_layers`) picks the
+1. if ``auto_layer_iters > 0``: adaptive layer selection (:mod:`lightning_modules.nada_layers`) picks the
    ``auto_layer_k`` layers of ``G_train`` that train this iteration;
 2. ``z`` (the batch of the ``latents`` datamodule) -> ``w = G_frozen.mapping(z)`` broadcast to W+ (psi = 1;
-   with probability ``mixing`` two codes and **one** crossover index shared by both generators, §A14.5);
+   with probability ``mixing`` two codes and **one** crossover index shared by both generators);
 3. ``x_src = G_frozen(w)`` without gradients and ``x_tgt = G_train(w)``, each with its **own** random noise
-   maps (§A14.4);
+   maps;
 4. ``L = Σ_m w_m · CLIPLoss_m(x_src, x_tgt)`` - the directional CLIP loss with the 79 ImageNet templates
-   (:mod:`losses.clip`), or an image-guided direction (§A7, ``target_images``);
-5. Adam (lr ``0.002 · 4/5``, betas ``(0, 0.99^0.8)``, §A6) steps ``G_train``'s selected layers.
+   (:mod:`losses.clip`), or an image-guided direction (``target_images``);
+5. Adam (lr ``0.002 · 4/5``, betas ``(0, 0.99^0.8)``) steps ``G_train``'s selected layers.
 
-Networks (§A2, §C1): both generators come from the ``model.generator`` group - a checkpoint (anything
+Networks: both generators come from the ``model.generator`` group - a checkpoint (anything
 ``models.checkpoints.load`` reads: a path or a registered asset name) or, for offline toy runs, the
 architecture of a random generator (``init_seed`` 0 by default). ``G_frozen`` is a frozen network of the
 module (``models.frozen``, as the CLIP models are): in no optimizer, not in the checkpoint, never in train
 mode, and it follows the module's device moves. The mapping network of
 ``G_train`` and its ToRGBs after ``to_rgb1`` are never trained.
 
-Samplers (DESIGN.md contract 3): ``source`` (G_frozen) and ``adapted`` (G_train) render the *same* z with
+Samplers (docs/architecture.md, "Samplers"): ``source`` (G_frozen) and ``adapted`` (G_train) render the *same* z with
 the same stored noise, for side-by-side grids and the alignment/direction metrics. At the end of ``fit`` the
 adapted generator is exported (rosinality format) to ``<run dir>/generator.pt``.
 
-Memory levers (§A12), cheapest first: ``auto_layer_iters: 0`` (no selection pass, the largest saving),
-a smaller ``auto_layer_batch``, a single CLIP model in ``clip_models``, ``clip_dtype: float16`` (GPU only; the
-reference's CLIP precision), a lower-resolution checkpoint, fewer grid samples (samples callback ``n``).
+Memory levers (docs/methods/nada.md, "Memory and compute"), cheapest first: ``auto_layer_iters: 0`` (no
+selection pass, the largest saving), a smaller ``auto_layer_batch``, a single CLIP model in ``clip_models``,
+``clip_dtype: float16`` (GPU only; the reference's CLIP precision), a lower-resolution checkpoint, fewer grid
+samples (samples callback ``n``).
 
 Deviations from the reference, each deliberate: selection gradients are taken with respect to W+ only
 (same update, less memory); style mixing shares one crossover index per pair; the image-guided source
@@ -58,36 +59,37 @@ from models.stylegan2 import Generator
 log = logging.getLogger(__name__)
 
 SUPPORTED_PRECISIONS = ("32-true", "32", "bf16-mixed")
-REFERENCE_LR = 0.002 * 4 / 5  # rosinality's lazy-regularization ratio left in the reference (§A6)
+REFERENCE_LR = 0.002 * 4 / 5  # rosinality's lazy-regularization ratio left in the reference
 REFERENCE_BETAS = (0.0, 0.99 ** (4 / 5))
 REFERENCE_SAMPLE_TRUNCATION = 0.7  # the reference's ``sample_truncation`` of its sample grids
 
 
 class NADAModule(MethodModule):
-    """StyleGAN-NADA (spec nada_expansion.md Part A).
+    """StyleGAN-NADA (docs/methods/nada.md).
 
     Args:
         generator: the source generator, the ``model.generator`` group: a checkpoint (a file in any format
             ``models.checkpoints.load`` reads or a registered asset name, ``stylegan2-ffhq-1024``) or the
             architecture of a random generator for offline toy runs (``init_seed`` 0 unless given).
         source_text, target_text: the domain texts of the directional loss (``"photo"`` -> ``"sketch"``).
-        target_images: folder of a few target images: image-guided mode (§A7); the texts are then ignored
+        target_images: folder of a few target images: image-guided mode; the texts are then ignored
             by the directional loss.
         image_guided_samples: generated source images whose mean CLIP embedding is the image-guided source.
         clip_models: list of ``{name, weight, pretrained, config, seed}`` (default: ViT-B/32 and ViT-B/16 with
             weight 1, OpenAI weights, as the README command).
-        clip_preprocessing: ``"reference"`` (bicubic resize without antialias, §A4) or ``"antialias"``.
+        clip_preprocessing: ``"reference"`` (bicubic resize without antialias) or ``"antialias"``.
         clip_dtype: ``float32`` (default), ``float16`` (the reference's GPU precision) or ``bfloat16``.
         templates: ``True`` for the 79 ImageNet templates, ``False`` for the bare texts, or a list.
-        lambda_direction, lambda_global, lambda_patch, lambda_manifold, patch_size: loss weights (§A4; the
+        lambda_direction, lambda_global, lambda_patch, lambda_manifold, patch_size: loss weights (the
             paper uses ``lambda_direction = 1`` only).
         auto_layer_k: layers trained per step (``None``: all ``n_latent``, as the README command).
         auto_layer_iters: W+ SGD steps of the selection (0 disables selection: const, conv1 and all convs
-            train every step, §A2).
+            train every step).
         auto_layer_batch, auto_layer_lr: selection batch (8) and SGD learning rate (0.01).
-        layer_mapping: ``"reference"`` index -> layer mapping (default) or ``"corrected"`` (§A5 off-by-one).
+        layer_mapping: ``"reference"`` index -> layer mapping (default) or ``"corrected"`` (docs/methods/nada.md,
+            "Index mapping: reference and corrected").
         selection_text: text of the selection's global loss (default ``target_text``; required in image-guided
-            mode with selection on, where the reference silently used "cat", §A14.12).
+            mode with selection on, where the reference silently used "cat").
         lr, betas: Adam settings (reference: ``0.002 · 4/5``, ``(0, 0.99^0.8)``).
         mixing: style-mixing probability (reference and README: 0).
         sample_truncation: psi of the ``source`` / ``adapted`` samplers, so of every grid and sampler metric
@@ -143,7 +145,7 @@ class NADAModule(MethodModule):
                                       lambda_patch=lambda_patch, lambda_manifold=lambda_manifold,
                                       patch_size=patch_size, templates=templates) for e in clip_entries]
         self.clip_loss = CLIPLossEnsemble(losses, [e["weight"] for e in clip_entries])
-        if target_images is not None:  # persisted so a resumed run keeps its direction (§A7)
+        if target_images is not None:  # persisted so a resumed run keeps its direction
             for i, loss in enumerate(losses):
                 self.register_buffer(f"image_direction_{i}", torch.zeros(1, loss.clip.embed_dim))
             self.register_buffer("image_direction_ready", torch.zeros((), dtype=torch.bool))
@@ -162,7 +164,7 @@ class NADAModule(MethodModule):
             raise FileNotFoundError(f"model.target_images: folder {target_images} does not exist")
         if target_images is not None and auto_layer_iters > 0 and selection_text is None and target_text is None:
             raise ValueError("image-guided runs with layer selection need model.selection_text (or target_text) "
-                             "for the selection's global CLIP loss, or auto_layer_iters: 0 (spec §A7)")
+                             "for the selection's global CLIP loss, or auto_layer_iters: 0 (docs/methods/nada.md)")
         if clip_preprocessing not in PREPROCESSING:
             raise ValueError(f"clip_preprocessing must be one of {PREPROCESSING}, got {clip_preprocessing!r}")
         if clip_dtype not in DTYPES:
@@ -181,7 +183,7 @@ class NADAModule(MethodModule):
 
     # ------------------------------------------------------------------------------ networks
     def _initial_trainable(self) -> list[nn.Module]:
-        """§A2: selection on -> ``[conv1, to_rgb1, *convs]`` (re-chosen every step); off -> const input,
+        """Trainable layers: selection on -> ``[conv1, to_rgb1, *convs]`` (re-chosen every step); off -> const input,
         ``conv1`` and every conv. The mapping and the other ToRGBs are never trained."""
         g = self.g_train
         g.requires_grad_(False)
@@ -195,7 +197,7 @@ class NADAModule(MethodModule):
 
     # ------------------------------------------------------------------------------ randomness
     def sample_noise(self, n: int) -> list[Tensor]:
-        """Fresh per-layer noise maps ``[n, 1, r, r]`` (each generator call draws its own, §A14.4)."""
+        """Fresh per-layer noise maps ``[n, 1, r, r]`` (each generator call draws its own)."""
         return [torch.randn(n, 1, *b.shape[-2:], device=self.device, generator=self.rng)
                 for b in self.g_train.stored_noise()]
 
@@ -217,7 +219,7 @@ class NADAModule(MethodModule):
 
     def w_plus(self, z: Tensor) -> Tensor:
         """``w = G_frozen.mapping(z)`` broadcast to W+ ``[B, n_latent, D]``; with probability ``mixing`` two
-        codes and one crossover index for both generators (§A1, §A14.5)."""
+        codes and one crossover index for both generators."""
         mapping = self.g_frozen.style
         if self.mixing > 0 and float(torch.rand((), device=self.device, generator=self.rng)) < self.mixing:
             z2 = torch.randn(z.shape, device=self.device, generator=self.rng)
@@ -228,7 +230,8 @@ class NADAModule(MethodModule):
 
     # ------------------------------------------------------------------------------ algorithm steps
     def select_layers(self) -> list[int]:
-        """Adaptive layer selection (§A5): returns the chosen W+ indices and sets ``requires_grad``."""
+        """Adaptive layer selection (docs/methods/nada.md, "Adaptive layer selection"): returns the chosen W+
+        indices and sets ``requires_grad``."""
         g = self.g_train
         with torch.no_grad():
             z = torch.randn(self.auto_layer_batch, self.z_dim, device=self.device, generator=self.rng)
@@ -249,7 +252,7 @@ class NADAModule(MethodModule):
         return codes
 
     def adaptation_loss(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Steps 2-4 of §A3: ``(L, x_src, x_tgt)`` for latents ``z``."""
+        """Steps 2-4 of the iteration: ``(L, x_src, x_tgt)`` for latents ``z``."""
         with torch.no_grad():
             w_plus = self.w_plus(z)
             x_src, _ = self.g_frozen([w_plus], input_is_latent=True, noise=self.sample_noise(z.shape[0]))
@@ -258,7 +261,7 @@ class NADAModule(MethodModule):
 
     @torch.no_grad()
     def image_guided_source_images(self) -> Tensor:
-        """The generated source images of the image-guided direction (§A7): ``image_guided_samples`` seeded z
+        """The generated source images of the image-guided direction: ``image_guided_samples`` seeded z
         (stream ``seed``), psi = 1, stored noise, no clamp (the reference's CLIP input is not clamped)."""
         z = seeded_normal(range(self.image_guided_samples), self.base_seed, self.z_dim).to(self.device)
         images, _ = self.g_frozen([z], randomize_noise=False)
@@ -293,8 +296,8 @@ class NADAModule(MethodModule):
         return loss, {"loss/clip": loss}
 
     def nada_iteration(self, z: Tensor, optimizer: torch.optim.Optimizer, logs: dict | None = None) -> Tensor | None:
-        """One iteration of §A3 on latents ``z``: [layer selection], CLIP loss, Adam step (the base's ``step``:
-        NaN policy, backward). Returns the detached loss (None when a non-finite step was skipped)."""
+        """One iteration (module docstring) on latents ``z``: [layer selection], CLIP loss, Adam step (the
+        base's ``step``: NaN policy, backward). Returns the detached loss (None when a non-finite step was skipped)."""
         if self.auto_layer_iters > 0:
             self.select_layers()
         # grad_reset "zero" (default): a layer trained before but not selected now still gets an Adam step

@@ -1,4 +1,4 @@
-"""StyleGAN-NADA adaptive layer selection ("layer freezing"), spec nada_expansion.md §A5 and §A14.7.
+"""StyleGAN-NADA adaptive layer selection ("layer freezing"; docs/methods/nada.md, "Adaptive layer selection").
 
 Every training iteration, before the generator step:
 
@@ -11,15 +11,15 @@ Every training iteration, before the generator step:
 
 Gradients of step 2 are taken with respect to ``w+`` only (``torch.autograd.grad``), so the generator never
 accumulates parameter gradients there (the reference un-freezes every layer and leaves gradients behind that
-it must zero before the main backward, §A14.7): the SGD update of ``w+`` is the same, memory is lower.
+it must zero before the main backward): the SGD update of ``w+`` is the same, memory is lower.
 
-Index -> layer mappings (§A5 step 7 and its [analysis] off-by-one):
+Index -> layer mappings (docs/methods/nada.md, "Index mapping: reference and corrected"):
 
 * ``reference`` (default, faithful): code 0 -> ``conv1``; code 1 -> ``to_rgb1``; code ``j >= 2`` ->
   ``convs[j - 2]``. In the rosinality forward, ``convs[j - 2]`` is modulated by code ``j - 1``, not ``j``.
 * ``corrected`` (a documented deviation): code ``j`` -> the trainable layers it actually modulates: code 0 ->
   ``conv1``; code 1 -> ``to_rgb1`` and ``convs[0]``; code ``j >= 2`` -> ``convs[j - 1]``. The last code
-  drives only the last ToRGB, which NADA never trains (§A2), so it is not a candidate and ``k`` is capped
+  drives only the last ToRGB, which NADA never trains, so it is not a candidate and ``k`` is capped
   at ``n_latent - 1``.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ LAYER_MAPPINGS = ("reference", "corrected")
 
 
 def candidate_layers(generator: nn.Module) -> list[nn.Module]:
-    """The layers selection may train, in the reference's order: ``[conv1, to_rgb1, *convs]`` (§A2, §A5)."""
+    """The layers selection may train, in the reference's order: ``[conv1, to_rgb1, *convs]``."""
     return [generator.conv1, generator.to_rgb1, *generator.convs]
 
 
@@ -70,7 +70,7 @@ def layers_for_codes(generator: nn.Module, codes: Sequence[int], mapping: str = 
 
 
 def code_movement(w_plus_init: Tensor, w_plus: Tensor) -> Tensor:
-    """``s_i = mean_{b, c} |w+_{b,i,c} - w+init_{b,i,c}|`` for every W+ index ``i`` -> ``[n_latent]`` (§A5 step 5)."""
+    """``s_i = mean_{b, c} |w+_{b,i,c} - w+init_{b,i,c}|`` for every W+ index ``i`` -> ``[n_latent]``."""
     if w_plus.shape != w_plus_init.shape or w_plus.dim() != 3:
         raise ValueError(f"expected two W+ tensors [B, n_latent, D], got {tuple(w_plus_init.shape)} "
                          f"and {tuple(w_plus.shape)}")
@@ -78,7 +78,7 @@ def code_movement(w_plus_init: Tensor, w_plus: Tensor) -> Tensor:
 
 
 def top_codes(scores: Tensor, k: int, mapping: str, n_convs: int) -> list[int]:
-    """The ``k`` eligible W+ indices with the largest scores, largest first (§A5 step 6)."""
+    """The ``k`` eligible W+ indices with the largest scores, largest first."""
     if not torch.isfinite(scores).all():
         raise FloatingPointError(f"layer-selection scores are not finite: {scores.tolist()}")
     eligible = eligible_codes(scores.numel(), n_convs, mapping)

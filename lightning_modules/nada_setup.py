@@ -1,5 +1,5 @@
 """Start-up helpers of StyleGAN-NADA: pretrained-asset checks and the CLIP models of the loss. Used by
-:class:`lightning_modules.nada.NADAModule` and the latent mapper (§A8, :mod:`lightning_modules.nada_mapper`).
+:class:`lightning_modules.nada.NADAModule` and the latent mapper (:mod:`lightning_modules.nada_mapper`).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from models.clip import OPENAI_ASSETS, CLIPModel
 
 log = logging.getLogger(__name__)
 
-#: README command (§D1): ViT-B/32 and ViT-B/16, weight 1 each, OpenAI weights from the asset registry.
+#: the reference README command: ViT-B/32 and ViT-B/16, weight 1 each, OpenAI weights from the asset registry.
 DEFAULT_CLIP_MODELS = ({"name": "ViT-B-32", "weight": 1.0}, {"name": "ViT-B-16", "weight": 1.0})
 CLIP_ENTRY_KEYS = ("name", "pretrained", "weight", "config", "seed")
 DEFAULT_CLIP_WEIGHTS = {arch: asset for asset, arch in OPENAI_ASSETS.items()}

@@ -1,4 +1,4 @@
-"""StyleGAN2 adversarial losses and gradient penalties (spec stylegan2_backbone.md §6).
+"""StyleGAN2 adversarial losses and gradient penalties (docs/methods/stylegan2.md, "Training algorithm").
 
 Pure functions of tensors: no Lightning, no module state. The training core
 (``lightning_modules/gan.py``) applies the lazy-regularization gains (``gamma / 2 * interval`` for R1,
@@ -8,7 +8,7 @@ Pure functions of tensors: no Lightning, no module state. The training core
   ``L_D = E[softplus(D(fake))] + E[softplus(-D(real))]`` and ``L_G = E[softplus(-D(G(z)))]``;
 * R1 penalty (Mescheder et al. 2018): ``E_b ||d sum D(real) / d real_b||^2`` with the squared norm over
   C, H, W of each sample;
-* path-length regularization (Karras et al. 2020, spec §6 step 4): with ``y ~ N(0, 1) / sqrt(H W)`` and
+* path-length regularization (Karras et al. 2020): with ``y ~ N(0, 1) / sqrt(H W)`` and
   ``g = d sum(img * y) / d W+``, ``l_b = sqrt(mean_rows sum_dim g^2)``; the running mean
   ``a <- a + decay (mean_b l_b - a)`` and ``penalty = mean_b (l_b - a)^2`` with the *updated* ``a``
   (as both rosinality and NVIDIA do).
@@ -31,17 +31,17 @@ __all__ = [
 
 
 def d_logistic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """Discriminator logistic loss ``mean softplus(D(fake)) + mean softplus(-D(real))`` (spec §6 step 1)."""
+    """Discriminator logistic loss ``mean softplus(D(fake)) + mean softplus(-D(real))`` (phase D_main)."""
     return F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
 
 
 def g_nonsaturating_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    """Generator non-saturating loss ``mean softplus(-D(G(z)))`` (spec §6 step 3)."""
+    """Generator non-saturating loss ``mean softplus(-D(G(z)))`` (phase G_main)."""
     return F.softplus(-fake_logits).mean()
 
 
 def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:
-    """R1 penalty ``E_b ||d(sum D(real))/d real_b||^2`` (spec §6 step 2), differentiable (create_graph).
+    """R1 penalty ``E_b ||d(sum D(real))/d real_b||^2`` (phase D_reg), differentiable (create_graph).
 
     ``real_images`` must require grad and ``real_logits`` must have been computed from it.
     """
@@ -53,7 +53,7 @@ def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Te
 
 def path_lengths(images: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """Per-sample Jacobian path lengths ``l_b`` [B] (spec §6 step 4), differentiable (create_graph).
+    """Per-sample Jacobian path lengths ``l_b`` [B] (phase G_reg), differentiable (create_graph).
 
     ``latents`` is the W+ tensor [B, n_latent, dim] the generator synthesized ``images`` [B, C, H, W]
     from (``return_latents=True``). ``noise`` defaults to ``N(0, 1) / sqrt(H W)`` drawn from

@@ -1,6 +1,6 @@
-"""StyleGAN-NADA's CLIP losses (spec nada_expansion.md §A4 "Losses and CLIP details", §A7 image targets).
+"""StyleGAN-NADA's CLIP losses (docs/methods/nada.md, "Directional CLIP loss" and "Image-guided directions").
 
-Notation of the spec: ``n`` is L2 normalization, ``E_I``/``E_T`` the CLIP image/text encoders, ``P`` the
+Notation: ``n`` is L2 normalization, ``E_I``/``E_T`` the CLIP image/text encoders, ``P`` the
 reference preprocessing (:meth:`models.clip.CLIPModel.encode_images` returns ``n(E_I(P(x)))``).
 
 * directional (the only loss of the paper's figures): ``mean_b [1 - cos(n(e_tgt,b - e_src,b), ΔT)]``;
@@ -38,7 +38,7 @@ def _unit(x: Tensor, what: str) -> Tensor:
 
 
 def directional_loss(src_emb: Tensor, tgt_emb: Tensor, text_direction: Tensor) -> Tensor:
-    """``mean_b [1 - cos(n(tgt_emb_b - src_emb_b), ΔT)]`` (spec §A4, "Directional CLIP loss").
+    """``mean_b [1 - cos(n(tgt_emb_b - src_emb_b), ΔT)]`` (docs/methods/nada.md, "Directional CLIP loss").
 
     ``src_emb``/``tgt_emb``: normalized image embeddings ``[B, D]``; ``text_direction``: ``[1, D]`` or ``[D]``.
     """
@@ -49,7 +49,7 @@ def directional_loss(src_emb: Tensor, tgt_emb: Tensor, text_direction: Tensor) -
 
 
 def global_clip_loss(image_emb: Tensor, text_emb: Tensor) -> Tensor:
-    """``mean [1 - cos(E_I(P(x)), E_T(text))]`` over images x texts (spec §A4, "Global").
+    """``mean [1 - cos(E_I(P(x)), E_T(text))]`` over images x texts (the global term).
 
     The reference computes ``1 - logit / 100``; with OpenAI weights the logit scale is exactly 100, so both
     are the same number. We use the cosine so the value does not depend on a model's logit scale.
@@ -58,7 +58,7 @@ def global_clip_loss(image_emb: Tensor, text_emb: Tensor) -> Tensor:
 
 
 def manifold_angle_loss(src_emb: Tensor, tgt_emb: Tensor, src_text: Tensor, tgt_text: Tensor) -> Tensor:
-    """``mean_b |clamp(e_tgt,b · e_src,b, -1, 1) - t_tgt · t_src|`` (spec §A4, "Manifold/angle").
+    """``mean_b |clamp(e_tgt,b · e_src,b, -1, 1) - t_tgt · t_src|`` (the manifold-angle term).
 
     Image embeddings ``[B, D]`` and class text embeddings ``[1, D]``, all normalized.
     """
@@ -68,7 +68,7 @@ def manifold_angle_loss(src_emb: Tensor, tgt_emb: Tensor, src_text: Tensor, tgt_
 
 
 def patch_directional_loss(src_patch_emb: Tensor, tgt_patch_emb: Tensor, patch_directions: Tensor) -> Tensor:
-    """Softmax-weighted cosine distances to the part directions (spec §A4, "Patch directional").
+    """Softmax-weighted cosine distances to the part directions (the patch-directional term).
 
     With ``d_n = n(e_tgt,n - e_src,n)`` per patch and part directions ``ΔT_p`` ``[P, D]``:
     ``mean_{n,p} [(1 - cos(d_n, ΔT_p)) · softmax_p(d_n · ΔT_p)]``.
@@ -79,7 +79,7 @@ def patch_directional_loss(src_patch_emb: Tensor, tgt_patch_emb: Tensor, patch_d
 
 
 def texture_loss(texture_emb: Tensor, tgt_emb: Tensor) -> Tensor:
-    """MSE between un-normalized image embeddings (spec §A4, "Texture")."""
+    """MSE between un-normalized image embeddings (the reference's texture term)."""
     return F.mse_loss(tgt_emb, texture_emb.expand_as(tgt_emb))
 
 
@@ -106,7 +106,7 @@ def patch_text_directions(clip: CLIPModel, source: str, target: str,
 
 
 def load_target_images(folder: str | Path) -> list[Image.Image]:
-    """The RGB images (png/jpg/jpeg) of an image-target folder (spec §A7), sorted by name."""
+    """The RGB images (png/jpg/jpeg) of an image-target folder, sorted by name."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"target image folder {folder} does not exist")
@@ -125,7 +125,8 @@ def load_target_images(folder: str | Path) -> list[Image.Image]:
 
 def image_guided_direction(clip: CLIPModel, source_images: Tensor,
                            target_images: Sequence[Image.Image] | str | Path) -> Tensor:
-    """``ΔT = n(mean_j n(E_I(P_pil(y_j))) - mean_b n(E_I(P(x_b))))`` (spec §A7); ``[1, D]``.
+    """``ΔT = n(mean_j n(E_I(P_pil(y_j))) - mean_b n(E_I(P(x_b))))`` (docs/methods/nada.md,
+    "Image-guided directions"); ``[1, D]``.
 
     ``source_images``: generated source-domain images in [-1, 1] (the reference uses 16); ``target_images``:
     PIL images or a folder of them. Neither mean is re-normalized before the difference.
@@ -140,10 +141,10 @@ def image_guided_direction(clip: CLIPModel, source_images: Tensor,
 
 class DirectionalCLIPLoss(nn.Module):
     """NADA's CLIP loss for one CLIP model: ``λ_dir·L_dir + λ_global·L_global + λ_patch·L_patch +
-    λ_manifold·L_manifold + λ_texture·L_texture`` (spec §A4; the paper uses ``λ_dir = 1`` only).
+    λ_manifold·L_manifold + λ_texture·L_texture`` (the paper uses ``λ_dir = 1`` only).
 
     The text direction is the CLIP model's cached :meth:`~models.clip.CLIPModel.text_direction`, unless an
-    image-guided direction was set with :meth:`set_direction` (spec §A7: the texts are then ignored by the
+    image-guided direction was set with :meth:`set_direction` (the texts are then ignored by the
     directional term). ``templates`` are those of the text directions (default: the 79 ImageNet ones).
     """
 
@@ -211,7 +212,7 @@ class DirectionalCLIPLoss(nn.Module):
 
 
 class CLIPLossEnsemble(nn.Module):
-    """``L = Σ_m w_m · L_m`` over several CLIP models (spec §A4 "Combining CLIP models"; README: ViT-B/32 1.0
+    """``L = Σ_m w_m · L_m`` over several CLIP models (the reference README: ViT-B/32 1.0
     + ViT-B/16 1.0). Models with weight 0 are not evaluated (the reference evaluates them for nothing)."""
 
     def __init__(self, losses: Sequence[DirectionalCLIPLoss], weights: Sequence[float]):
@@ -235,13 +236,14 @@ class CLIPLossEnsemble(nn.Module):
 
     def global_loss(self, images: Tensor, text: str) -> Tensor:
         """``Σ_m w_m · L_global^m(images, text)`` with the raw text (no template, no "a "), as the adaptive
-        layer selection uses it (spec §A5, step 4)."""
+        layer selection uses it (docs/methods/nada.md, "Adaptive layer selection")."""
         terms = (w * global_clip_loss(loss.clip.encode_images(images), loss.clip.class_embedding(text, templates=False))
                  for w, loss in self.active())
         return sum(terms, images.new_zeros((), dtype=torch.float32))
 
     def set_image_target(self, source_images: Tensor, target_images: Sequence[Image.Image] | str | Path) -> None:
-        """Image-guided mode (spec §A7): every active model gets its own image-guided direction."""
+        """Image-guided mode: every active model gets its own image-guided direction (docs/methods/nada.md,
+        "Image-guided directions")."""
         if isinstance(target_images, (str, Path)):
             target_images = load_target_images(target_images)
         for _, loss in self.active():

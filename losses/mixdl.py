@@ -1,6 +1,6 @@
 """MixDL distance losses (Kong et al., ECCV 2022), vectorized.
 
-Implements spec idinvert_mixdl.md §2.4 (G-side) and §2.5 (D-side). Both losses compare the
+docs/methods/mixdl.md, "Distance losses" ("G side" and "D side"). Both losses compare the
 *similarity profile* of each mixed sample to the anchors with the softmax of its mixing
 coefficients:
 
@@ -11,11 +11,11 @@ coefficients:
 
 The released code uses ``nn.KLDivLoss()`` with its default ``reduction='mean'``, i.e. the sum is
 divided by the number of *entries* M*B, not by the number of rows M ('batchmean'). The weights
-``G_KL_WEIGHT = 1000`` and ``D_KL_WEIGHT = 1`` were tuned for that reduction (spec §2.9), so
+``G_KL_WEIGHT = 1000`` and ``D_KL_WEIGHT = 1`` were tuned for that reduction (docs/methods/mixdl.md, "KL reduction"), so
 ``'mean'`` is the default here; ``'batchmean'`` multiplies the effective weight by B.
 
 The released script loops over all B x B pairs in Python; here each distinct feature layer costs
-one normalised matrix product (spec §2.9, "Vectorise").
+one normalised matrix product.
 """
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 
 G_KL_WEIGHT = 1000.0
-"""``kl_wt`` of the released ``train_mixdl.py`` (spec §2.4)."""
+"""``kl_wt`` of the released ``train_mixdl.py``."""
 D_KL_WEIGHT = 1.0
-"""``d_kl_wt`` of the released ``train_mixdl.py`` (spec §2.5)."""
+"""``d_kl_wt`` of the released ``train_mixdl.py``."""
 
 REDUCTIONS = ("mean", "batchmean", "sum")
 _COS_EPS = 1e-8
@@ -47,7 +47,7 @@ def _check_reduction(reduction: str) -> None:
 def cosine_similarity_matrix(mix: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     """``s_ij = cos(flatten(mix_i), flatten(anchors_j))``; mix [M, ...], anchors [B, ...] -> [M, B].
 
-    Every sample is flattened over all of its non-batch dimensions (the full C*H*W tensor, spec §2.4).
+    Every sample is flattened over all of its non-batch dimensions (the full C*H*W tensor, as the released code).
     """
     if mix.shape[1:] != anchors.shape[1:]:
         raise ValueError(f"mix and anchor features must share their per-sample shape, got "
@@ -78,7 +78,7 @@ def similarity_kl(similarities: torch.Tensor, coeffs: torch.Tensor, reduction: s
 
 def sample_feature_layers(num_rows: int, num_layers: int, generator: torch.Generator | None = None,
                           device: torch.device | str | None = None) -> torch.Tensor:
-    """Per-row generator layer indices ``l_i ~ U{1, ..., num_layers - 2}`` (spec §2.4).
+    """Per-row generator layer indices ``l_i ~ U{1, ..., num_layers - 2}`` (docs/methods/mixdl.md, "G side").
 
     ``num_layers`` is the length of the generator's feature list (13 at 256 px), so the 4x4 layer
     (index 0) and the last full-resolution conv are never chosen, as in the released code.
@@ -92,7 +92,7 @@ def sample_feature_layers(num_rows: int, num_layers: int, generator: torch.Gener
 
 def g_distance_loss(mix_feats: Sequence[torch.Tensor], anchor_feats: Sequence[torch.Tensor],
                     coeffs: torch.Tensor, layers: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """G-side distance loss of spec §2.4 (unweighted; multiply by ``G_KL_WEIGHT``).
+    """G-side distance loss (docs/methods/mixdl.md, "G side"; unweighted; multiply by ``G_KL_WEIGHT``).
 
     Args:
         mix_feats: generator features of the M mixed latents, one tensor [M, C_l, H_l, W_l] per layer
@@ -103,7 +103,7 @@ def g_distance_loss(mix_feats: Sequence[torch.Tensor], anchor_feats: Sequence[to
             ``layers[i]`` (draw it with :func:`sample_feature_layers`).
         reduction: ``'mean'`` (released code), ``'batchmean'`` or ``'sum'``.
 
-    Neither branch is detached: gradients reach the generator through mixes and anchors (spec §2.4).
+    Neither branch is detached: gradients reach the generator through mixes and anchors, as in the released code.
     """
     if len(mix_feats) != len(anchor_feats):
         raise ValueError(f"got {len(mix_feats)} mix feature layers but {len(anchor_feats)} anchor layers")
@@ -134,7 +134,7 @@ def g_distance_loss(mix_feats: Sequence[torch.Tensor], anchor_feats: Sequence[to
 
 def d_distance_loss(mix_proj: torch.Tensor, anchor_proj: torch.Tensor, coeffs: torch.Tensor,
                     reduction: str = "mean") -> torch.Tensor:
-    """D-side distance loss of spec §2.5 (unweighted; multiply by ``D_KL_WEIGHT``).
+    """D-side distance loss (docs/methods/mixdl.md, "D side"; unweighted; multiply by ``D_KL_WEIGHT``).
 
     ``mix_proj`` [M, F] and ``anchor_proj`` [B, F] are the projection-head outputs
     ``u = sim_linear(h)`` of the discriminator's penultimate feature h for mixes and anchors

@@ -1,4 +1,4 @@
-"""CLIP metrics (issue "Evaluation" §4; spec nada_expansion.md Part A; spec frameworks.md §1d).
+"""CLIP metrics (docs/metrics.md, "CLIP metrics").
 
 Both metrics go through the project's one CLIP wrapper, ``models.clip.CLIPModel`` (the same model and
 preprocessing as the NADA losses): ``encode_images(images in [-1, 1]) -> unit embeddings`` and

@@ -1,4 +1,4 @@
-"""Collective helpers for exact distributed evaluation (spec frameworks.md §4.1 item 3).
+"""Collective helpers for exact distributed evaluation (docs/metrics.md, "Distributed evaluation").
 
 Every helper works with ``torch.distributed`` when a process group is initialized and is a no-op
 (single-process semantics) otherwise, so metric code is written once. No Lightning import here.

@@ -1,5 +1,4 @@
-"""Feature extraction for FID/KID: quantization, resize, extractors (issue "Evaluation" §2; spec
-frameworks.md §1c, §2.11, §4.1).
+"""Feature extraction for FID/KID: quantization, resize, extractors (docs/metrics.md, "FID and KID").
 
 Pipeline for every image, real or generated (the same path for both):
 
@@ -36,7 +35,7 @@ def quantize(images: torch.Tensor) -> torch.Tensor:
     """[-1, 1] float images -> uint8 exactly as NVIDIA: ``(x * 127.5 + 128).clamp(0, 255).to(uint8)``.
 
     The cast truncates, and after the clamp every value is >= 0, so this is ``floor(127.5 x + 128)``
-    = round-half-up of ``127.5 (x + 1)`` (spec stylegan2_backbone.md §2.7 "Output to uint8").
+    = round-half-up of ``127.5 (x + 1)`` (docs/metrics.md, "Quantization").
     Non-finite values raise instead of turning into arbitrary bytes.
     """
     if images.dtype == torch.uint8:

@@ -1,5 +1,4 @@
-"""Fréchet Inception Distance and Kernel Inception Distance (issue "Evaluation" §2; spec frameworks.md
-§1c, §4.1 items 2, 5, 6).
+"""Fréchet Inception Distance and Kernel Inception Distance (docs/metrics.md, "FID and KID").
 
 * FID: ``||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^{1/2})`` in float64. The trace of the matrix
   square root is computed as ``sum sqrt(eig(S1^{1/2} S2 S1^{1/2}))`` with symmetric eigen-solvers in

@@ -1,15 +1,14 @@
-"""The LPIPS family of metrics (issue "Evaluation" §3; spec idinvert_mixdl.md Part 3 and §2.7; spec
-frameworks.md §2.10).
+"""The LPIPS family of metrics (docs/metrics.md, "The LPIPS family").
 
 * :func:`load_lpips`: ``lpips.LPIPS`` with the package's calibrated linear heads and the torchvision
   ImageNet trunk loaded from the asset registry (``lpips-alex`` / ``lpips-vgg`` / ``lpips-squeeze``);
   never downloads. ``trunk=None`` keeps a random trunk (tests only).
 * :class:`LPIPSDistance`: batched LPIPS on uint8 images, converted to [-1, 1] (the package's input range;
-  feeding [0, 1] is the classic mistake of spec frameworks.md §2.10), optionally resized first.
-* :func:`intra_cluster_lpips`: CDC's intra-cluster LPIPS (Ojha et al. 2021; spec idinvert_mixdl.md §3):
-  assign every generated image to its nearest training image by LPIPS (ties -> lowest index), keep at
-  most ``cluster_size`` members per cluster in a seeded random order, average LPIPS over all unordered
-  member pairs per cluster, then average over clusters (clusters with < 2 members are dropped).
+  feeding [0, 1] is a classic mistake that inflates similarity), optionally resized first.
+* :func:`intra_cluster_lpips`: CDC's intra-cluster LPIPS (Ojha et al. 2021; docs/metrics.md, "Intra-cluster
+  LPIPS (CDC)"): assign every generated image to its nearest training image by LPIPS (ties -> lowest index),
+  keep at most ``cluster_size`` members per cluster in a seeded random order, average LPIPS over all
+  unordered member pairs per cluster, then average over clusters (clusters with < 2 members are dropped).
 * :func:`pairwise_diversity`: mean LPIPS over all unordered pairs of samples (MixDL ``compute_lpips.py``).
 * :func:`reconstruction_scores`: LPIPS, PSNR, SSIM (torchmetrics) and MSE between reconstructions and targets.
 """
@@ -196,7 +195,7 @@ def all_pairs(n: int) -> list[tuple[int, int]]:
 
 
 def pairwise_diversity(dist: LPIPSDistance, images: torch.Tensor) -> float:
-    """Mean LPIPS over all unordered pairs of uint8 ``images`` (MixDL's diversity; spec §2.7)."""
+    """Mean LPIPS over all unordered pairs of uint8 ``images`` (MixDL's diversity)."""
     if images.shape[0] < 2:
         raise ValueError("pairwise diversity needs at least 2 images")
     x = dist.prepare(images)

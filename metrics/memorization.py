@@ -1,4 +1,5 @@
-"""Nearest-training-image LPIPS: does the generator copy its few training images? (spec idinvert_mixdl.md §2.7)
+"""Nearest-training-image LPIPS: does the generator copy its few training images?
+(docs/metrics.md, "Nearest-training LPIPS")
 
 MixDL's ``nn_lpips.py``: for ``N`` generated images (1,000) take the LPIPS distance to the closest training
 image and average::
@@ -7,7 +8,7 @@ image and average::
 
 Also reported: the std of the per-sample minimum, and the *mode count* of ``count_modes.py`` - how many
 distinct training images are someone's nearest neighbour - with the released script's bug fixed (it took
-``argmax``, the farthest training image; spec §2.7). Ties go to the lowest training index.
+``argmax``, the farthest training image). Ties go to the lowest training index.
 """
 from __future__ import annotations
 

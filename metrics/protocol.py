@@ -1,4 +1,4 @@
-"""The metric protocol object (issue "Evaluation" §1; spec frameworks.md §4.1 item 1; DESIGN.md contract 4).
+"""The metric protocol object (docs/metrics.md, "The metric protocol").
 
 A :class:`MetricProtocol` pins everything a number depends on: the feature extractor (name + sha256 of
 its weights), the resize, the quantization of generated images, the sample count, the reference set
@@ -86,8 +86,8 @@ class MetricProtocol:
 
 
 def check_no_collisions(pairs: Iterable[tuple[str, MetricProtocol]]) -> None:
-    """Raise if one key would carry values of two different protocols (issue §1: values of
-    different protocols never overwrite each other)."""
+    """Raise if one key would carry values of two different protocols (values of
+    different protocols never overwrite each other; docs/metrics.md, "Never mixing protocols")."""
     seen: dict[str, str] = {}
     for key, proto in pairs:
         d = proto.digest()

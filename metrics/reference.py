@@ -1,4 +1,4 @@
-"""Reference image sets for metrics (issue "Evaluation", spec frameworks.md §4.1).
+"""Reference image sets for metrics (docs/metrics.md, "Reference statistics cache").
 
 A :class:`ReferenceSet` is what a datamodule hands to the metric layer: a name, a content hash that
 identifies exactly which images (and which preprocessing) it holds, and a way to stream them as

@@ -1,4 +1,5 @@
-"""Latent smoothness along W paths: is the latent space smooth or "stair-like"? (spec idinvert_mixdl.md §2.7)
+"""Latent smoothness along W paths: is the latent space smooth or "stair-like"?
+(docs/metrics.md, "Latent smoothness")
 
 MixDL's ``ppl_uniformity.py`` walks straight paths ``w(t) = lerp(w_a, w_b, t)`` in W with step
 ``eps = 1 / T`` and measures the perceptual distance of consecutive frames, PPL-style::

@@ -1,4 +1,5 @@
-"""A fixed random-feature extractor for offline evaluation (issue "Evaluation" §2, custom extractors).
+"""A fixed random-feature extractor for offline evaluation (docs/metrics.md, "Stand-in extractors for
+offline runs").
 
 It is **not** Inception: FID/KID computed with it are only comparable with values measured by this same
 extractor. Its name and weight hash are part of every logged protocol and of the metric key

@@ -1,4 +1,4 @@
-"""Streaming float64 feature statistics (issue "Evaluation" §2; spec frameworks.md §4.1 item 3).
+"""Streaming float64 feature statistics (docs/metrics.md, "FID and KID" and "Distributed evaluation").
 
 :class:`FeatureStats` keeps the three sufficient statistics of FID, each in float64: the count, the sum
 of features and the sum of their outer products. They combine across DDP ranks by a plain sum, so a

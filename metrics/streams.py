@@ -1,4 +1,4 @@
-"""Streaming images from samplers and reference sets through a feature extractor (issue "Evaluation" §2).
+"""Streaming images from samplers and reference sets through a feature extractor (docs/metrics.md).
 
 Generated side: rank ``r`` renders exactly the indices ``ddp.shard(num_gen)`` of the sampler's seeded
 stream (no padding, no duplicates), quantizes them like NVIDIA, embeds them and the float64 sums are

@@ -1,5 +1,5 @@
-"""Offline-first registry of every pretrained file the project uses (DESIGN.md contract 5; spec
-stylegan2_backbone.md §8 for the generators, deps.md §2 for the metric / CLIP / LPIPS weights).
+"""Offline-first registry of every pretrained file the project uses (docs/architecture.md, "Assets, offline
+first"; docs/checkpoints.md, "The asset registry and the cache root").
 
 Every file lives under one cache root, ``$STYLESHIFT_CACHE`` or ``~/.cache/styleshift``, at
 ``<root>/<kind>/<filename>``. :func:`resolve` never downloads: a missing file raises
@@ -326,7 +326,7 @@ def fetch(name: str, force: bool = False, timeout: float = DEFAULT_TIMEOUT_S, pr
 
 
 # ----------------------------------------------------------------------------------------------------------
-# torch hub seeding (lpips / torchvision look in $TORCH_HOME/hub/checkpoints, deps.md §2.1)
+# torch hub seeding (lpips / torchvision look for trunk weights in $TORCH_HOME/hub/checkpoints)
 
 
 @contextlib.contextmanager

@@ -379,8 +379,24 @@ def describe(ckpt: LoadedCheckpoint) -> str:
         lines.append(f"{key + ':':<20}{_count(getattr(ckpt, key))}")
     avg = ckpt.latent_avg
     lines.append(f"{'latent_avg:':<20}{list(avg.shape) if avg is not None else '-'}")
-    lines.append(f"{'extra:':<20}{sorted(ckpt.extra) or '-'}")
+    if not ckpt.extra:
+        lines.append(f"{'extra:':<20}-")
+    for key in sorted(ckpt.extra):
+        lines.append(f"{'extra.' + str(key) + ':':<20}{_short(ckpt.extra[key])}")
     return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    """A value of the extras for ``info``: scalars and strings as they are, tensors by shape, containers by size."""
+    if isinstance(value, torch.Tensor):
+        return f"tensor {list(value.shape)} {str(value.dtype).removeprefix('torch.')}"
+    if isinstance(value, dict):
+        inner = ", ".join(f"{k}: {_short(v)}" for k, v in list(value.items())[:8])
+        return "{" + inner + (", ..." if len(value) > 8 else "") + "}"
+    if isinstance(value, (list, tuple)):
+        return f"list of {len(value)}" if len(value) > 8 else str([_short(v) for v in value])
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -392,11 +408,21 @@ def main(argv: list[str] | None = None) -> int:
     p_conv = sub.add_parser("convert", help="any readable format -> our rosinality-compatible .pt export")
     p_conv.add_argument("src")
     p_conv.add_argument("dst")
+    p_conv.add_argument("--force", action="store_true", help="overwrite an existing DST")
     for p in (p_info, p_conv):
         p.add_argument("--max-bytes", default=None, metavar="N",
                        help=f"cap on the tensor data a file may make the loader allocate (bytes or e.g. 32G; "
                             f"default ${MAX_BYTES_ENV} or 8G)")
     args = parser.parse_args(argv)
+    source = args.file if args.command == "info" else args.src
+    if str(source).endswith(".ckpt"):
+        print(f"error: {source} looks like a Lightning training checkpoint of a run: inspect or export it with "
+              f"`python -m launch.ckpt_tools {args.command} {source}{'' if args.command == 'info' else ' DST'}`",
+              file=sys.stderr)
+        return 2
+    if args.command == "convert" and Path(args.dst).exists() and not args.force:
+        print(f"error: {args.dst} exists: pass --force to overwrite it", file=sys.stderr)
+        return 2
     try:
         if args.command == "info":
             print(describe(load(args.file, max_bytes=args.max_bytes)))

@@ -1,5 +1,4 @@
-"""Frozen CLIP encoders for CLIP-guided losses (spec nada_expansion.md §A4 "CLIP preprocessing P" and
-"CLIP loading", §C1 "CLIP encoders"; deps.md §2.4).
+"""Frozen CLIP encoders for CLIP-guided losses (docs/methods/nada.md, "CLIP preprocessing and loading").
 
 :class:`CLIPModel` wraps an open_clip model that is
 
@@ -17,7 +16,7 @@ clamp, bicubic resize of the shorter side to the model's input size **without an
 reference's torchvision 0.8 tensor resize), center crop, CLIP mean/std. ``preprocessing="antialias"`` is the
 same with an antialiased resize. Real images (image-guided targets) use open_clip's standard PIL pipeline.
 Every encoder call runs with autocast disabled, in the model's dtype: under ``bf16-mixed`` on CPU a frozen
-CLIP in bf16 is 5-6x slower than fp32 (deps.md §2.4).
+CLIP in bf16 is 5-6x slower than fp32.
 """
 from __future__ import annotations
 
@@ -53,7 +52,8 @@ _OPENAI_ARCHIVE_EXTRAS = ("input_resolution", "context_length", "vocab_size")
 
 def direction_from_template_embeddings(source: Tensor, target: Tensor) -> Tensor:
     """Text direction ``ΔT = n(mean_k(e_tgt,k - e_src,k))`` from per-template normalized text embeddings
-    ``[K, D]`` (spec §A4 "Text direction": normalize per template *before* averaging). Returns ``[1, D]``."""
+    ``[K, D]`` (normalized per template *before* averaging; docs/methods/nada.md, "Directional CLIP loss").
+    Returns ``[1, D]``."""
     if source.shape != target.shape or source.dim() != 2:
         raise ValueError(f"expected two [K, D] embedding tensors, got {tuple(source.shape)} and {tuple(target.shape)}")
     direction = (target - source).mean(dim=0, keepdim=True)
@@ -64,7 +64,8 @@ def direction_from_template_embeddings(source: Tensor, target: Tensor) -> Tensor
 
 
 def resolve_weights(pretrained: str | os.PathLike) -> Path:
-    """Local file for an asset name or an existing path (DESIGN.md contract 5: never downloads).
+    """Local file for an asset name or an existing path (never downloads; docs/architecture.md,
+    "Assets, offline first").
 
     Raises ``models.assets.AssetMissingError`` (a ``FileNotFoundError``) naming the file, its URL and where to
     put it.
@@ -138,7 +139,7 @@ def tokenizer_for(arch: str):
 
 
 class CLIPModel(HoldsFrozen):
-    """A frozen open_clip model with NADA's image and text encoding (spec §A4, §C1).
+    """A frozen open_clip model with NADA's image and text encoding (docs/methods/nada.md).
 
     Args:
         name: open_clip architecture (``"ViT-B-32"``, ``"ViT-B-16"``, a registered test config, ...).
@@ -150,7 +151,7 @@ class CLIPModel(HoldsFrozen):
             ``"antialias"`` (same with an antialiased resize).
         quick_gelu: force QuickGELU; ``None`` enables it for the registered OpenAI assets.
         dtype: parameter dtype the encoders run in (fp32 by default; fp16 on GPU matches the reference's
-            numerics, §C1 "Precision").
+            numerics).
     """
 
     def __init__(
@@ -201,7 +202,8 @@ class CLIPModel(HoldsFrozen):
 
     # -- images --------------------------------------------------------------------------------------
     def preprocess(self, images: Tensor) -> Tensor:
-        """Reference preprocessing P of generator images in [-1, 1] -> CLIP input (spec §A4, steps 1-3).
+        """Reference preprocessing P of generator images in [-1, 1] -> CLIP input (docs/methods/nada.md,
+        "CLIP preprocessing and loading").
 
         ``(x + 1) / 2`` (no clamp), bicubic resize of the shorter side to ``image_size``
         (``align_corners=False``; antialias only with ``preprocessing="antialias"``), center crop, CLIP
@@ -232,7 +234,7 @@ class CLIPModel(HoldsFrozen):
 
     def preprocess_pil(self, images: Sequence) -> Tensor:
         """open_clip's standard PIL pipeline (bicubic shorter side, center crop, RGB, ToTensor, mean/std),
-        used for real target images (spec §A4, "Real target images")."""
+        used for real target images (image-guided mode)."""
         if self._pil_transform is None:
             raise RuntimeError(f"open_clip model {self.name!r} carries no preprocessing config")
         return torch.stack([self._pil_transform(image) for image in images])
@@ -291,7 +293,8 @@ class CLIPModel(HoldsFrozen):
         return self._text_cache[key]
 
     def text_direction(self, source: str, target: str, templates: bool | Sequence[str] = True) -> Tensor:
-        """Cached ``ΔT = n(mean_k(n(E_T(t_k(target))) - n(E_T(t_k(source)))))``, shape ``[1, D]`` (spec §A4)."""
+        """Cached ``ΔT = n(mean_k(n(E_T(t_k(target))) - n(E_T(t_k(source)))))``, shape ``[1, D]``
+        (docs/methods/nada.md, "Directional CLIP loss")."""
         key = ("direction", source, target, self._templates(templates))
         if key not in self._text_cache:
             self._text_cache[key] = direction_from_template_embeddings(

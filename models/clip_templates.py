@@ -1,9 +1,9 @@
-"""Prompt templates of the directional CLIP loss (spec nada_expansion.md §A4, "Text direction").
+"""Prompt templates of the directional CLIP loss (docs/methods/nada.md, "Directional CLIP loss").
 
 ``IMAGENET_TEMPLATES`` are the 79 ImageNet prompt templates StyleGAN-NADA averages its text directions over:
 the 80 templates of the CLIP paper's ImageNet prompt-engineering notebook without
 ``'a photo of many {}.'``, in the notebook's order. ``PART_TEMPLATES`` are the 15 object-part templates of the
-patch-directional loss (§A4, "Other losses"). Every template holds exactly one ``{}`` for the class text.
+patch-directional loss (the "patch directional" term). Every template holds exactly one ``{}`` for the class text.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 The same random, differentiable transform is applied to every image D sees (reals and fakes, in
 both the D and the G step), so gradients flow through it to G. MixDL's ``train_diffaug.py`` uses the
-policy ``"color,translation,cutout"`` (spec idinvert_mixdl.md §2.6); the ops follow the paper:
+policy ``"color,translation,cutout"`` (docs/methods/mixdl.md, "Options"); the ops follow the paper:
 
 - ``color``: brightness ``x + U[-0.5, 0.5)``, then saturation ``(x - mean_c) * U[0, 2) + mean_c``
   (mean over channels, per pixel), then contrast ``(x - mean) * U[0.5, 1.5) + mean`` (mean over the

@@ -1,4 +1,4 @@
-"""The IR-SE50 face-identity network (asset ``identity-arcface-ir-se50``; spec nada_expansion.md §A8).
+"""The IR-SE50 face-identity network (asset ``identity-arcface-ir-se50``; docs/methods/nada.md, "Mapper loss").
 
 Laid out like the ``model_ir_se50.pth`` weights used by pSp, StyleCLIP and StyleGAN-NADA's mapper
 identity loss, with the pSp crop/pool preprocessing in :meth:`ArcFaceIRSE50.embed`.

@@ -1,6 +1,6 @@
 """MixDL discriminator heads: patch-level heads and the distance projection head.
 
-Spec idinvert_mixdl.md §2.2 and §2.5, stylegan2_backbone.md §3 (MixDL/CDC extensions).
+Described in docs/methods/mixdl.md, "Patch heads (from CDC)" and "D side".
 
 * Patch level (CDC's ``Extra``): four candidate intermediate D maps, the activations *inside* the
   residual blocks (``conv1`` output and ``conv2`` output) whose spatial size is 32 or 16, in forward
@@ -49,7 +49,7 @@ def patch_map_layout(discriminator: nn.Module, resolutions: Sequence[int] = PATC
 
     Uses the discriminator's ``size`` and ``channels`` table: block k (k >= 1) runs at
     ``size / 2**(k-1)``; its ``conv1`` keeps resolution and channels, its ``conv2`` halves the
-    resolution and outputs ``channels[res / 2]`` (spec stylegan2_backbone.md §2.6).
+    resolution and outputs ``channels[res / 2]`` (docs/methods/stylegan2.md, "Discriminator").
     """
     size, channels = discriminator.size, discriminator.channels
     candidates = []
@@ -69,7 +69,7 @@ def patch_features(discriminator: nn.Module, x: torch.Tensor, resolutions: Seque
                    num_maps: int = NUM_PATCH_MAPS, upto: int | None = None) -> list[torch.Tensor]:
     """The patch maps of ``x`` (see :func:`patch_map_layout`); only the first ``upto + 1`` when given.
 
-    The residual blocks are evaluated as ``(conv2(conv1(h)) + skip(h)) / sqrt(2)`` (spec §2.6) and the
+    The residual blocks are evaluated as ``(conv2(conv1(h)) + skip(h)) / sqrt(2)`` and the
     walk stops right after the last requested map.
     """
     layout = patch_map_layout(discriminator, resolutions, num_maps)
@@ -97,10 +97,12 @@ def patch_features(discriminator: nn.Module, x: torch.Tensor, resolutions: Seque
 
 
 class PatchHeads(nn.Module):
-    """CDC/MixDL ``Extra``: one ``ConvLayer(C_k -> 1, 3x3)`` per patch map (spec idinvert_mixdl.md §2.2).
+    """CDC/MixDL ``Extra``: one ``ConvLayer(C_k -> 1, 3x3)`` per patch map (docs/methods/mixdl.md,
+    "Patch heads (from CDC)").
 
     ``forward(feat, index)`` returns patch logits [B, 1, H, W] of map ``index``. They are trained with
-    their own optimizer (same lr/betas as D) and must be saved with the checkpoint (spec §2.9).
+    their own optimizer (same lr/betas as D) and must be saved with the checkpoint (the released code
+    forgets them).
     """
 
     def __init__(self, in_channels: Sequence[int], leaky_logits: bool = True):
@@ -137,7 +139,8 @@ def patch_logits(discriminator: nn.Module, heads: PatchHeads, x: torch.Tensor, i
 
 
 class DistanceProjectionHead(nn.Module):
-    """MixDL ``sim_linear``: EqualLinear(dim -> dim) with bias, no activation (spec idinvert_mixdl.md §2.5)."""
+    """MixDL ``sim_linear``: EqualLinear(dim -> dim) with bias, no activation (docs/methods/mixdl.md,
+    "D side")."""
 
     def __init__(self, dim: int = 512):
         super().__init__()
@@ -150,7 +153,7 @@ class DistanceProjectionHead(nn.Module):
 
 
 def penultimate_features(discriminator: nn.Module, final_feat: torch.Tensor) -> torch.Tensor:
-    """``h = final_linear[0](flatten(final_conv output))`` [N, C_4], D's penultimate layer (spec §2.5).
+    """``h = final_linear[0](flatten(final_conv output))`` [N, C_4], D's penultimate layer.
 
     ``final_feat`` is the last entry of ``Discriminator(x, return_feats=True)[1]``.
     """

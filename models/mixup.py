@@ -1,4 +1,4 @@
-"""MixDL mixing coefficients and W-space mixing (spec idinvert_mixdl.md §2.3, §2.10).
+"""MixDL mixing coefficients and W-space mixing (docs/methods/mixdl.md, "Algorithm").
 
 A coefficient sampler draws alpha [M, B]: row i holds the convex weights with which mix i combines
 the B anchors (in MixDL M = B = batch size). Three samplers exist in the released code as ablation
@@ -89,14 +89,14 @@ def make_coefficient_sampler(kind: str = "dirichlet", concentration: float = 1.0
 
 
 def mix_latents(w_anchors: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
-    """Mixed latents ``alpha @ w``: w_anchors [B, D], coeffs [M, B] -> [M, D] (spec §2.3, §2.9).
+    """Mixed latents ``alpha @ w``: w_anchors [B, D], coeffs [M, B] -> [M, D] (docs/methods/mixdl.md, "Algorithm").
 
     Mixing happens on single W vectors [B, D], i.e. ``Generator.get_latent(z)``. The released
     ``train_mixdl.py`` passed the broadcast W+ [B, n_latent, D] here and crashed; W+ input is rejected.
     """
     if w_anchors.dim() != 2:
         raise ValueError(f"mix_latents expects W anchors of shape [B, D] (Generator.get_latent(z)), got "
-                         f"{tuple(w_anchors.shape)}; MixDL mixes single W vectors, not W+ (spec §2.9)")
+                         f"{tuple(w_anchors.shape)}; MixDL mixes single W vectors, not W+ (docs/methods/mixdl.md)")
     if coeffs.dim() != 2 or coeffs.shape[1] != w_anchors.shape[0]:
         raise ValueError(f"coeffs must be [M, B={w_anchors.shape[0]}], got {tuple(coeffs.shape)}")
     return coeffs.to(w_anchors.dtype) @ w_anchors

@@ -1,9 +1,11 @@
-"""StyleGAN2 generator and discriminator, rosinality-compatible (spec stylegan2_backbone.md §2–§3, §5, §9).
+"""StyleGAN2 generator and discriminator, rosinality-compatible (Karras et al., CVPR 2020).
+
+The math, the options and the fast paths: docs/methods/stylegan2.md.
 
 Module names, child registration order (``style, input, conv1, to_rgb1, convs, upsamples, to_rgbs,
 noises``), state-dict keys and the ``forward`` signature mirror rosinality/stylegan2-pytorch, so its
 checkpoints load with ``strict=True`` and code that indexes ``children()``/``convs[i]`` keeps working
-(DESIGN.md contract 1). Additions are keyword options with neutral defaults: ``return_feats``,
+(docs/architecture.md, "Backbone"). Additions are keyword options with neutral defaults: ``return_feats``,
 ``noise_mode``, a configurable channel table, NVIDIA's ``conv_clamp`` and minibatch-stddev group size.
 """
 from __future__ import annotations
@@ -22,7 +24,8 @@ NOISE_MODES = ("random", "const", "none")
 
 
 def default_channels(channel_multiplier: int = 2) -> dict[int, int]:
-    """rosinality's channel table (spec §2.1): 512 up to 32 px, then ``16384 / res * cm``."""
+    """rosinality's channel table: 512 up to 32 px, then ``16384 / res * cm``
+    (docs/methods/stylegan2.md, "Synthesis network and W indices")."""
     cm = channel_multiplier
     return {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * cm, 128: 128 * cm, 256: 64 * cm,
             512: 32 * cm, 1024: 16 * cm}
@@ -47,12 +50,13 @@ class _Noises(nn.Module):
 
 
 class Generator(nn.Module):
-    """StyleGAN2 "skip" generator (spec §2.3–§2.4, §2.7).
+    """StyleGAN2 "skip" generator (docs/methods/stylegan2.md, "Generator").
 
     ``fused_modconv`` selects the modulated-conv formulation: ``True`` (grouped conv), ``False``
-    (shared-weight conv with activation scaling) or ``"auto"``. Both are exact (spec §9.3.5). ``"auto"``
-    uses the non-fused form on CPU, where ``bench/stylegan2.py`` measured it as fast or faster in every
-    case, and while gradients are recorded; grouped convs only for CUDA inference (NVIDIA's policy).
+    (shared-weight conv with activation scaling) or ``"auto"``. Both are exact (docs/methods/stylegan2.md,
+    "Fast paths"). ``"auto"`` uses the non-fused form on CPU, where ``bench/stylegan2.py`` measured it as
+    fast or faster in every case, and while gradients are recorded; grouped convs only for CUDA inference
+    (NVIDIA's policy).
     """
 
     def __init__(self, size: int, style_dim: int = 512, n_mlp: int = 8, channel_multiplier: int = 2,
@@ -149,7 +153,8 @@ class Generator(nn.Module):
 
     def synthesis(self, latent: torch.Tensor, noise: Sequence[torch.Tensor | None] | None = None,
                   noise_mode: str = "random", return_feats: bool = False):
-        """Synthesis network on W+ ``latent`` [B, n_latent, D] (spec §2.4 W-index table).
+        """Synthesis network on W+ ``latent`` [B, n_latent, D]; which row drives which layer:
+        docs/methods/stylegan2.md, "Synthesis network and W indices".
 
         Returns the image, or ``(image, feats)`` with the activation after every StyledConv.
         """
@@ -182,8 +187,8 @@ class Generator(nn.Module):
                 truncation_latent: torch.Tensor | float | None = None, input_is_latent: bool = False,
                 noise: Sequence[torch.Tensor | None] | None = None, randomize_noise: bool = True,
                 return_feats: bool = False, noise_mode: str | None = None):
-        """rosinality's forward (spec §3). ``noise_mode`` (``random``/``const``/``none``) overrides
-        ``randomize_noise`` when given; an explicit ``noise`` list overrides both.
+        """rosinality's forward (docs/architecture.md, "Backbone"). ``noise_mode`` (``random``/``const``/``none``)
+        overrides ``randomize_noise`` when given; an explicit ``noise`` list overrides both.
 
         Returns ``(image, latent or None)``, plus the StyledConv activations with ``return_feats``.
         """
@@ -200,7 +205,7 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """StyleGAN2 residual discriminator with minibatch stddev (spec §2.6).
+    """StyleGAN2 residual discriminator with minibatch stddev (docs/methods/stylegan2.md, "Discriminator").
 
     ``mbstd_group_size=None`` uses the whole batch as one group (TF-converted NVIDIA models).
     """
@@ -229,7 +234,7 @@ class Discriminator(nn.Module):
         )
 
     def minibatch_stddev(self, out: torch.Tensor) -> torch.Tensor:
-        """Append the group standard deviation as one extra channel (spec §2.6)."""
+        """Append the group standard deviation as one extra channel (docs/methods/stylegan2.md, "Discriminator")."""
         batch, channel, height, width = out.shape
         group = batch if self.stddev_group is None else min(batch, self.stddev_group)
         if batch % group:

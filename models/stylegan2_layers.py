@@ -1,8 +1,9 @@
-"""StyleGAN2 building blocks with rosinality's names and state-dict layout (spec stylegan2_backbone.md §2–§3).
+"""StyleGAN2 building blocks with rosinality's names and state-dict layout (docs/methods/stylegan2.md).
 
 Every weight is stored unscaled and multiplied by its equalized-learning-rate gain at run time
-(spec §2.2). Parameter and buffer names match rosinality/stylegan2-pytorch ``model.py`` so its
-checkpoints load with ``strict=True``; the arithmetic uses the fast equivalent forms of spec §9.3.
+(docs/methods/stylegan2.md, "Equalized learning rate"). Parameter and buffer names match
+rosinality/stylegan2-pytorch ``model.py`` so its checkpoints load with ``strict=True``; the arithmetic uses
+the fast equivalent forms of docs/methods/stylegan2.md, "Fast paths".
 """
 from __future__ import annotations
 
@@ -17,14 +18,14 @@ from models.stylegan2_ops import blur, downsample2d, fused_leaky_relu, make_kern
 
 
 class PixelNorm(nn.Module):
-    """``x * rsqrt(mean(x^2) + 1e-8)`` over the feature axis (spec §2.3)."""
+    """``x * rsqrt(mean(x^2) + 1e-8)`` over the feature axis (docs/methods/stylegan2.md, "Mapping network")."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.rsqrt(torch.mean(x * x, dim=1, keepdim=True) + 1e-8)
 
 
 class FusedLeakyReLU(nn.Module):
-    """Bias + leaky ReLU(0.2) * sqrt(2), optional clamp (``activate.bias`` in rosinality, spec §2.2)."""
+    """Bias + leaky ReLU(0.2) * sqrt(2), optional clamp (``activate.bias`` in rosinality)."""
 
     def __init__(self, channel: int, bias: bool = True, clamp: float | None = None):
         super().__init__()
@@ -36,7 +37,7 @@ class FusedLeakyReLU(nn.Module):
 
 
 class EqualLinear(nn.Module):
-    """Linear layer with runtime gain ``lr_mul / sqrt(in)`` and bias scaled by ``lr_mul`` (spec §2.2)."""
+    """Linear layer with runtime gain ``lr_mul / sqrt(in)`` and bias scaled by ``lr_mul`` (equalized learning rate)."""
 
     def __init__(self, in_dim: int, out_dim: int, bias: bool = True, bias_init: float = 0.0,
                  lr_mul: float = 1.0, activation: str | None = None):
@@ -55,7 +56,7 @@ class EqualLinear(nn.Module):
 
 
 class EqualConv2d(nn.Module):
-    """Conv with runtime gain ``1 / sqrt(in * k * k)`` (spec §2.2)."""
+    """Conv with runtime gain ``1 / sqrt(in * k * k)`` (equalized learning rate)."""
 
     def __init__(self, in_channel: int, out_channel: int, kernel_size: int, stride: int = 1,
                  padding: int = 0, bias: bool = True):
@@ -72,7 +73,8 @@ class EqualConv2d(nn.Module):
 
 
 class Blur(nn.Module):
-    """FIR filter buffer ``kernel`` (×``upsample_factor²``) applied with padding ``pad`` (spec §2.5)."""
+    """FIR filter buffer ``kernel`` (×``upsample_factor²``) applied with padding ``pad``
+    (docs/methods/stylegan2.md, "Resampling")."""
 
     def __init__(self, kernel: Sequence[float], pad: tuple[int, int], upsample_factor: int = 1):
         super().__init__()
@@ -87,7 +89,8 @@ class Blur(nn.Module):
 
 
 class Upsample(nn.Module):
-    """2x FIR upsampling of the ToRGB skip path, ``upfirdn2d(up=2, pad=(2, 1))`` (spec §2.5, §9.3.2)."""
+    """2x FIR upsampling of the ToRGB skip path, ``upfirdn2d(up=2, pad=(2, 1))``
+    (docs/methods/stylegan2.md, "Resampling")."""
 
     def __init__(self, kernel: Sequence[float], factor: int = 2):
         super().__init__()
@@ -98,7 +101,7 @@ class Upsample(nn.Module):
 
 
 class ModulatedConv2d(nn.Module):
-    """Modulated (and demodulated) conv, optionally 2x upsampling (spec §2.4, §9.3.4–5).
+    """Modulated (and demodulated) conv, optionally 2x upsampling (docs/methods/stylegan2.md, "Modulated convolution").
 
     Two exact formulations: *fused* (per-sample weights, grouped conv with groups=batch, as
     rosinality) and *non-fused* (scale activations by the style, shared-weight conv, scale outputs
@@ -126,7 +129,7 @@ class ModulatedConv2d(nn.Module):
         self.demodulate = demodulate
 
     def demodulation(self, s: torch.Tensor) -> torch.Tensor:
-        """``d[b,o] = rsqrt(sum_i s[b,i]^2 * scale^2 * sum_k w[o,i,k]^2 + eps)``, at least fp32 (spec §9.3.4)."""
+        """``d[b,o] = rsqrt(sum_i s[b,i]^2 * scale^2 * sum_k w[o,i,k]^2 + eps)``, at least fp32 (one matrix product)."""
         dtype = torch.promote_types(s.dtype, torch.float32)  # fp32 at least, float64 kept
         with torch.autocast(s.device.type, enabled=False):
             wsq = (self.weight[0].to(dtype) * self.scale).pow(2).sum([2, 3])  # [O, I]
@@ -169,7 +172,7 @@ class ModulatedConv2d(nn.Module):
 
 
 class NoiseInjection(nn.Module):
-    """``x + weight * noise`` with a learned scalar strength initialised to 0 (spec §2.4)."""
+    """``x + weight * noise`` with a learned scalar strength initialised to 0 (docs/methods/stylegan2.md, "Noise")."""
 
     def __init__(self):
         super().__init__()
@@ -194,7 +197,8 @@ class ConstantInput(nn.Module):
 
 
 class StyledConv(nn.Module):
-    """Modulated 3x3 conv + noise + bias/lrelu (``convs[i]`` / ``conv1``; spec §2.4)."""
+    """Modulated 3x3 conv + noise + bias/lrelu (``convs[i]`` / ``conv1``; docs/methods/stylegan2.md,
+    "Modulated convolution")."""
 
     def __init__(self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int,
                  upsample: bool = False, blur_kernel: Sequence[float] = (1, 3, 3, 1),
@@ -214,9 +218,10 @@ class StyledConv(nn.Module):
 
 
 class ToRGB(nn.Module):
-    """1x1 modulated conv to RGB (no demodulation) + bias, plus the upsampled skip (spec §2.4).
+    """1x1 modulated conv to RGB (no demodulation) + bias, plus the upsampled skip
+    (docs/methods/stylegan2.md, "ToRGB and skips").
 
-    Computed as an einsum (spec §9.3.7 avoids the 1x1 grouped-conv path).
+    Computed as an einsum, which avoids the 1x1 grouped-conv path.
     """
 
     def __init__(self, in_channel: int, style_dim: int, upsample: bool = True,
@@ -243,10 +248,12 @@ class ToRGB(nn.Module):
 
 
 class ConvLayer(nn.Sequential):
-    """Discriminator conv: [Blur] + EqualConv2d + [FusedLeakyReLU] (rosinality ``ConvLayer``; spec §2.6).
+    """Discriminator conv: [Blur] + EqualConv2d + [FusedLeakyReLU] (rosinality ``ConvLayer``;
+    docs/methods/stylegan2.md, "Discriminator").
 
     With ``downsample`` the filter runs at full resolution before the stride-2 conv; for 1x1 convs
-    the blur is fused with the subsampling and the conv runs at half resolution (spec §9.3.3).
+    the blur is fused with the subsampling and the conv runs at half resolution (docs/methods/stylegan2.md,
+    "Fast paths").
     """
 
     def __init__(self, in_channel: int, out_channel: int, kernel_size: int, downsample: bool = False,
@@ -282,7 +289,7 @@ class ConvLayer(nn.Sequential):
 
 
 class ResBlock(nn.Module):
-    """Residual D block: ``(conv2(conv1(x)) + skip(x)) / sqrt(2)`` (spec §2.6)."""
+    """Residual D block: ``(conv2(conv1(x)) + skip(x)) / sqrt(2)`` (docs/methods/stylegan2.md, "Discriminator")."""
 
     def __init__(self, in_channel: int, out_channel: int, blur_kernel: Sequence[float] = (1, 3, 3, 1),
                  conv_clamp: float | None = None):

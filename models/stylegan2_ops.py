@@ -1,4 +1,4 @@
-"""Pure-PyTorch resampling and activation ops of StyleGAN2 (spec stylegan2_backbone.md §2.2, §2.5, §9.3).
+"""Pure-PyTorch resampling and activation ops of StyleGAN2 (docs/methods/stylegan2.md, "Resampling" and "Fast paths").
 
 No compiled extensions: everything is expressed with ``F.pad``, depthwise ``conv2d`` and
 ``conv_transpose2d``, so the same code runs on CPU and CUDA, in fp32 and under bf16 autocast.
@@ -15,7 +15,7 @@ SQRT2 = math.sqrt(2.0)
 
 
 def make_kernel(k: Sequence[float] | torch.Tensor) -> torch.Tensor:
-    """2-D FIR filter from a 1-D (outer product) or 2-D spec, normalised to sum 1 (spec §2.5)."""
+    """2-D FIR filter from a 1-D (outer product) or 2-D spec, normalised to sum 1."""
     k = torch.as_tensor(k, dtype=torch.float32)
     if k.ndim == 1:
         k = k[None, :] * k[:, None]
@@ -24,7 +24,7 @@ def make_kernel(k: Sequence[float] | torch.Tensor) -> torch.Tensor:
 
 def fused_leaky_relu(x: torch.Tensor, bias: torch.Tensor | None, negative_slope: float = 0.2,
                      scale: float = SQRT2, clamp: float | None = None) -> torch.Tensor:
-    """``leaky_relu(x + b, 0.2) * sqrt(2)``, optionally clamped to ``±clamp`` (spec §2.2, §5.1)."""
+    """``leaky_relu(x + b, 0.2) * sqrt(2)``, optionally clamped to ``±clamp`` (NVIDIA's ``conv_clamp``)."""
     if bias is not None:
         x = x + bias.to(x.dtype).view(1, -1, *([1] * (x.ndim - 2)))
     x = F.leaky_relu(x, negative_slope) * scale
@@ -42,8 +42,8 @@ def _depthwise(x: torch.Tensor, kernel: torch.Tensor, stride: int = 1) -> torch.
 
 def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1,
               pad: tuple[int, int] = (0, 0)) -> torch.Tensor:
-    """Reference upfirdn2d (spec §2.5): zero-insert ``up``, pad (negative crops), true convolution
-    with ``kernel`` (flipped correlation), keep every ``down``-th sample.
+    """Reference upfirdn2d (docs/methods/stylegan2.md, "Resampling"): zero-insert ``up``, pad (negative
+    crops), true convolution with ``kernel`` (flipped correlation), keep every ``down``-th sample.
 
     ``pad = (p0, p1)`` is applied to both axes. Output size ``(H*up + p0 + p1 - kh + down) // down``.
     """
@@ -65,7 +65,7 @@ def blur(x: torch.Tensor, kernel: torch.Tensor, pad: tuple[int, int]) -> torch.T
 def upsample2d(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """2x upsampling ``upfirdn2d(x, kernel, up=2, pad=(2, 1))`` for a 4x4 kernel (the ToRGB skip path).
 
-    Computed as one depthwise stride-2 transposed convolution (spec §9.3.2), which skips the
+    Computed as one depthwise stride-2 transposed convolution, which skips the
     zero-inserted samples instead of convolving them. Exact for any 4x4 kernel.
     """
     if kernel.shape != (4, 4):
@@ -78,6 +78,6 @@ def upsample2d(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 
 
 def downsample2d(x: torch.Tensor, kernel: torch.Tensor, pad: tuple[int, int]) -> torch.Tensor:
-    """Blur then keep every second sample: ``upfirdn2d(x, kernel, down=2, pad=pad)`` (spec §9.3.3)."""
+    """Blur then keep every second sample: ``upfirdn2d(x, kernel, down=2, pad=pad)``."""
     x = F.pad(x, [pad[0], pad[1], pad[0], pad[1]])
     return _depthwise(x, torch.flip(kernel, [0, 1]), stride=2)

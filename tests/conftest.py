@@ -1,4 +1,4 @@
-"""Session-wide test environment: offline, isolated caches, two CPU threads (specs/deps.md §2, §6).
+"""Session-wide test environment: offline, isolated caches, two CPU threads.
 
 The environment is set when this file is imported, before any test module imports wandb, open_clip or
 huggingface_hub (``HF_HUB_OFFLINE`` is read at import time).

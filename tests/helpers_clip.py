@@ -1,4 +1,4 @@
-"""Tiny open_clip model for offline tests (deps.md §2.4): same CLIP class and tokenizer as ViT-B-32,
+"""Tiny open_clip model for offline tests: same CLIP class and tokenizer as ViT-B-32,
 3.4 M random parameters, 64 px input, 64-d embeddings."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Offline-first asset registry (DESIGN.md contract 5; issue "StyleGAN2 backbone ... offline assets" part 3)."""
+"""Offline-first asset registry (docs/architecture.md, "Assets, offline first"; docs/checkpoints.md)."""
 import hashlib
 import io
 import time

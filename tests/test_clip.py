@@ -1,4 +1,5 @@
-"""models/clip.py: preprocessing, text encoding with templates, freezing, loading (spec nada_expansion.md §A4)."""
+"""models/clip.py: preprocessing, text encoding with templates, freezing, loading
+(docs/methods/nada.md, "CLIP preprocessing and loading")."""
 from __future__ import annotations
 
 import open_clip
@@ -13,7 +14,7 @@ from models.clip import CLIPModel, direction_from_template_embeddings, tokenizer
 from models.clip_templates import IMAGENET_TEMPLATES, PART_TEMPLATES
 from tests.helpers_clip import TINY_CLIP, make_tiny_clip, register_tiny_clip
 
-SPEC_MEAN, SPEC_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)  # spec §A4 P.3
+SPEC_MEAN, SPEC_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)  # CLIP mean/std
 CLIP_MEAN, CLIP_STD = torch.tensor(SPEC_MEAN).view(1, 3, 1, 1), torch.tensor(SPEC_STD).view(1, 3, 1, 1)
 
 
@@ -23,7 +24,7 @@ def clip():
 
 
 def direct_preprocess(x: torch.Tensor, size: int, antialias: bool = False) -> torch.Tensor:
-    """Spec §A4 P written out: (x+1)/2, bicubic shorter side -> size (align_corners=False), center crop, mean/std."""
+    """P written out: (x+1)/2, bicubic shorter side -> size (align_corners=False), center crop, mean/std."""
     h, w = x.shape[-2:]
     out_hw = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
     y = F.interpolate((x + 1) / 2, size=out_hw, mode="bicubic", align_corners=False, antialias=antialias)
@@ -117,7 +118,7 @@ def test_text_direction_formula_and_cache(clip, monkeypatch):
 
 
 def test_direction_normalization_order_on_constructed_embeddings():
-    # Template embeddings with very different norms: normalizing before averaging (spec) and averaging the raw
+    # Template embeddings with very different norms: normalizing before averaging (the reference) and averaging the raw
     # embeddings first give different directions, so a wrong order cannot pass.
     raw_src = torch.tensor([[10.0, 0.0, 0.0], [0.0, 0.1, 0.0]])
     raw_tgt = torch.tensor([[0.0, 0.0, 10.0], [0.0, 0.1, 0.1]])

@@ -1,4 +1,4 @@
-"""Datamodules: image folders/zips, few-shot manifests, toy data, latent streams (spec frameworks.md §4.3)."""
+"""Datamodules: image folders/zips, few-shot manifests, toy data, latent streams."""
 from __future__ import annotations
 
 import colorsys

@@ -1,4 +1,4 @@
-"""DiffAugment color / translation / cutout (Zhao et al. 2020; spec idinvert_mixdl.md §2.6)."""
+"""DiffAugment color / translation / cutout (Zhao et al. 2020)."""
 from __future__ import annotations
 
 import pytest

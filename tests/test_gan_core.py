@@ -1,5 +1,6 @@
 """The StyleGAN2 training core: optimizers, EMA, counters, lazy phases, NaN guard, resume, DDP, bf16
-(spec stylegan2_backbone.md §5.9, §6; frameworks.md §4.2)."""
+(docs/methods/stylegan2.md, "Training algorithm"; docs/architecture.md, "GAN training inside
+Lightning")."""
 from __future__ import annotations
 
 import math
@@ -41,7 +42,7 @@ def test_lazy_regularization_adam_correction():
     g = lazy_adam_kwargs(0.002, (0.0, 0.99), 4)
     d = lazy_adam_kwargs(0.002, (0.0, 0.99), 16)
     assert g["lr"] == pytest.approx(0.0016) and g["betas"] == pytest.approx((0.0, 0.99 ** 0.8))
-    assert g["betas"][1] == pytest.approx(0.991992, abs=1e-6)  # spec §6
+    assert g["betas"][1] == pytest.approx(0.991992, abs=1e-6)  # docs/methods/stylegan2.md
     assert d["lr"] == pytest.approx(0.002 * 16 / 17) and d["betas"][1] == pytest.approx(0.990585, abs=1e-6)
     with pytest.raises(ValueError):
         lazy_adam_kwargs(0.002, (0.0, 0.99), 0)

@@ -1,4 +1,4 @@
-"""Adversarial losses and penalties against their formulas (spec stylegan2_backbone.md §6)."""
+"""Adversarial losses and penalties against their formulas (docs/methods/stylegan2.md, "Training algorithm")."""
 
 import numpy as np
 import pytest

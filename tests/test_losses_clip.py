@@ -1,4 +1,4 @@
-"""losses/clip.py against the formulas of spec nada_expansion.md §A4 (losses) and §A7 (image-guided direction)."""
+"""losses/clip.py against the formulas of docs/methods/nada.md ("Directional CLIP loss", "Image-guided directions")."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""CLIP metrics (issue "Evaluation" §4) through the project's one CLIP wrapper (a tiny random open_clip
+"""CLIP metrics (docs/metrics.md, "CLIP metrics") through the project's one CLIP wrapper (a tiny random open_clip
 model): text similarity and NADA's directional similarity equal their formulas on the same (quantized)
 images; the suite keys and protocols name the prompts."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Exact DDP evaluation (issue "Evaluation" §2; spec frameworks.md §4.1 item 3): FID, KID and
+"""Exact DDP evaluation (docs/metrics.md, "Distributed evaluation"): FID, KID and
 intra-cluster LPIPS computed by 2 CPU processes (gloo) equal the single-process values. ``num_gen`` is odd,
 so the shards differ in size and any padding duplicate would change the result."""
 from __future__ import annotations

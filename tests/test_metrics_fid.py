@@ -1,4 +1,4 @@
-"""Golden tests of the FID/KID math and pipeline (issue "Evaluation" §2 "Must show").
+"""Golden tests of the FID/KID math and pipeline (docs/metrics.md, "FID and KID").
 
 * FID of two image folders with a fixed stand-in extractor equals ``cleanfid.fid.compute_fid(mode="clean",
   custom_feat_extractor=...)`` to 1e-6 relative, for folders and for a generator (``gen=``);

@@ -1,4 +1,4 @@
-"""Latent smoothness along W paths and nearest-training LPIPS (spec idinvert_mixdl.md §2.7): the summaries
+"""Latent smoothness along W paths and nearest-training LPIPS (docs/metrics.md): the summaries
 against their formulas, path bookkeeping against direct loops, stair-like vs smooth paths, mode counting."""
 from __future__ import annotations
 

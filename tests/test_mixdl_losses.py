@@ -1,4 +1,4 @@
-"""MixDL distance losses, coefficient samplers, W mixing and D heads (spec idinvert_mixdl.md §2.2-§2.5)."""
+"""MixDL distance losses, coefficient samplers, W mixing and D heads (docs/methods/mixdl.md)."""
 from __future__ import annotations
 
 import math
@@ -15,7 +15,7 @@ from models.mixup import (dirichlet_coefficients, gaussian_softmax_coefficients,
                           mix_latents, uniform_coefficients)
 
 
-# --- direct, loop-based reference of the spec formulas (plain Python floats) -----------------------
+# --- direct, loop-based reference of the documented formulas (plain Python floats) -----------------
 
 def _cos(u: torch.Tensor, v: torch.Tensor) -> float:
     u, v = u.flatten().tolist(), v.flatten().tolist()
@@ -99,7 +99,7 @@ def test_reduction_mean_is_the_released_semantics_not_batchmean(g_case):
 
 def test_target_is_softmax_of_coefficients():
     alpha = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.1, 0.2, 0.3, 0.4]], dtype=torch.float64)
-    # the spec's worked example: alpha = e1 with B = 4 gives a flat target ~(0.47, 0.18, 0.18, 0.18)
+    # the worked example of docs/methods/mixdl.md: alpha = e1 with B = 4 gives a flat target ~(0.47, 0.18, 0.18, 0.18)
     assert torch.softmax(alpha[0], 0).tolist() == pytest.approx([0.4754, 0.1749, 0.1749, 0.1749], abs=1e-4)
     # similarities equal to alpha -> p = softmax(alpha) = q -> zero loss; alpha itself is not the target
     assert similarity_kl(alpha.clone(), alpha).item() == pytest.approx(0.0, abs=1e-12)
@@ -229,7 +229,7 @@ def tiny_d():
 
 def test_patch_map_layout_follows_the_reference_pattern(tiny_d):
     from models.stylegan2 import Discriminator
-    # at 256 px: block(64->32).conv2, block(32->16).conv1, .conv2, block(16->8).conv1 (spec §2.2)
+    # at 256 px: block(64->32).conv2, block(32->16).conv1, .conv2, block(16->8).conv1 (docs/methods/mixdl.md)
     big = Discriminator(256, channels={r: 8 for r in (4, 8, 16, 32, 64, 128, 256)})
     assert [(m.block, m.stage, m.resolution) for m in patch_map_layout(big)] == [
         (3, "conv2", 32), (4, "conv1", 32), (4, "conv2", 16), (5, "conv1", 16)]

@@ -1,4 +1,4 @@
-"""MixDL LightningModule: iteration schedule, losses wired as spec idinvert_mixdl.md §2.3-§2.5, ablation
+"""MixDL LightningModule: iteration schedule, losses wired as docs/methods/mixdl.md, ablation
 switches, W-space mixing, optimizers, exact resume with the patch heads, samplers, configs."""
 from __future__ import annotations
 
@@ -160,7 +160,7 @@ def test_optimizers_and_which_networks_each_phase_updates():
     heads = [p.clone() for p in module.patch_heads.parameters()]
     proj = [p.clone() for p in module.distance_head.parameters()]
     trainer(max_steps=1).fit(module, images(batches=1))  # one mixup iteration
-    # each D call draws one head (spec §2.2): the drawn heads moved, by their own optimizer
+    # each D call draws one head: the drawn heads moved, by their own optimizer
     assert any(not torch.equal(a, b) for a, b in zip(heads, module.patch_heads.parameters()))
     assert all(not torch.equal(a, b) for a, b in zip(proj, module.distance_head.parameters()))
     assert all(p.requires_grad for p in module.parameters() if not any(p is q for q in module.g_ema.parameters()))

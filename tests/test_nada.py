@@ -1,4 +1,4 @@
-"""StyleGAN-NADA module (spec nada_expansion.md Part A): loss wiring, layer selection and both index mappings,
+"""StyleGAN-NADA module (docs/methods/nada.md): loss wiring, layer selection and both index mappings,
 frozen/trainable split, checkpoint contents, image-guided direction, export and the toy config."""
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def test_index_mappings_reference_off_by_one_and_corrected():
     for j in range(8):  # corrected: exactly the trainable layers that code j modulates in the forward
         assert corrected[j] == [layer for layer, codes in zip(trainable, driven_by) if j in codes], j
     assert corrected[1] == [g.to_rgb1, g.convs[0]] and corrected[7] == []
-    for j in range(2, 8):  # the reference's convs[j - 2] is driven by code j - 1 (spec §A5 [analysis])
+    for j in range(2, 8):  # the reference's convs[j - 2] is driven by code j - 1 (the off-by-one)
         assert driven_by[j] == {j - 1}
     assert eligible_codes(8, 6, "reference") == list(range(8))
     assert eligible_codes(8, 6, "corrected") == list(range(7))
@@ -140,7 +140,7 @@ def test_step_loss_is_the_directional_formula_with_independent_noise():
     z = torch.randn(3, 32, generator=torch.Generator().manual_seed(1))
     module.reseed()
     loss, x_src, x_tgt = module.adaptation_loss(z)
-    assert not torch.equal(x_src, x_tgt)  # same weights and w, independent noise maps (§A14.4)
+    assert not torch.equal(x_src, x_tgt)  # same weights and w, independent noise maps
     w = module.g_frozen.style(z)
     x_nonoise, _ = module.g_frozen([w], noise_mode="none", input_is_latent=True)
     assert (x_src - x_nonoise).abs().max() > 1e-3 and (x_tgt - x_nonoise).abs().max() > 1e-3

@@ -1,5 +1,5 @@
 """Parity with the reference rosinality networks through ``models.checkpoints.load``
-(tests/fixtures/README.md; spec stylegan2_backbone.md §4.1, §4.6, §11.4–11.5)."""
+(tests/fixtures/README.md; docs/checkpoints.md, "Conversion rules")."""
 import pytest
 import torch
 

@@ -1,5 +1,5 @@
 """Backbone invariants: resampling ops vs a direct upfirdn2d, fused vs non-fused modulation,
-rosinality module layout and parameter counts, noise modes, features, bf16 (spec stylegan2_backbone.md)."""
+rosinality module layout and parameter counts, noise modes, features, bf16 (docs/methods/stylegan2.md)."""
 import math
 
 import pytest
@@ -13,7 +13,8 @@ TINY = dict(size=16, style_dim=32, n_mlp=2, channels={4: 32, 8: 32, 16: 16})
 
 
 def upfirdn2d_loops(x, k, up, down, pad):
-    """Direct definition (spec §2.5): zero-insert, pad/crop, true convolution, subsample."""
+    """Direct definition (docs/methods/stylegan2.md, "Resampling"): zero-insert, pad/crop, true convolution,
+    subsample."""
     b, c, h, w = x.shape
     u = torch.zeros(b, c, h * up, w * up, dtype=torch.float64)
     u[:, :, ::up, ::up] = x.double()
@@ -84,7 +85,7 @@ def test_module_layout_matches_rosinality():
 
 
 def test_parameter_counts_match_published():
-    """Spec §2.1: G 256/cm2 = 30,034,338 and D 256/cm2 = 28,864,129 parameters."""
+    """docs/methods/stylegan2.md: G 256/cm2 = 30,034,338 and D 256/cm2 = 28,864,129 parameters."""
     with torch.device("meta"):
         g = Generator(256, channel_multiplier=2)
         d = Discriminator(256, channel_multiplier=2)

@@ -1,4 +1,4 @@
-"""StyleGAN2Module: a step trains, samplers, fine-tuning from a checkpoint, export (spec §6, DESIGN.md 2-3)."""
+"""StyleGAN2Module: a step trains, samplers, fine-tuning from a checkpoint, export (docs/methods/stylegan2.md)."""
 from __future__ import annotations
 
 import tempfile

@@ -1,6 +1,6 @@
 """Runs launched by train.py: run-dir layout, metrics.jsonl, kimg checkpoints, resume, signals, modes.
 
-DESIGN.md contract 6; spec frameworks.md §2.5 (resume keeps W&B id and RNG), §4.4. The module here is a
+docs/architecture.md, "Run directories" (a resume keeps the W&B id and the RNG). The module here is a
 dummy with manual optimization and a ``kimg`` counter; it records the global RNG draws of every step so
 a resumed run can be compared with an uninterrupted one.
 """
