@@ -15,9 +15,10 @@ PYTEST_ARGS ?=
 .DEFAULT_GOAL := help
 .PHONY: help venv demo test bench lint clean distclean
 
-help: ## Show this list of targets
+help: ## Show this list of targets (coloured only on a terminal, and not with NO_COLOR set)
 	@echo "usage: make <target>   (ARGS='key=value ...' for demo, PYTEST_ARGS='...' for test)"
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@if [ -t 1 ] && [ -z "$$NO_COLOR" ]; then on=$$'\033[36m'; off=$$'\033[0m'; else on=; off=; fi; \
+	awk -v on="$$on" -v off="$$off" 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %s%-10s%s %s\n", on, $$1, off, $$2}' $(MAKEFILE_LIST)
 
 # Re-runs when the dependency files change; on an up-to-date venv both pip calls are quick no-ops.
 $(STAMP): setup.cfg pyproject.toml constraints.txt

@@ -19,12 +19,56 @@ PROJECT_PACKAGES = ("models", "losses", "metrics", "lightning_modules", "datamod
 DEBUG_ENV = "STYLESHIFT_DEBUG"
 
 
+def config_method(path) -> str | None:
+    """The ``method:`` an experiment file sets, itself or through its ``extends`` chain (None if unreadable)."""
+    from launch.config import experiment_chain
+
+    try:
+        chain = experiment_chain(path)
+    except Exception:  # noqa: BLE001 - a broken file is listed without a method, not a crash of --help
+        return None
+    method = None
+    for layer in chain:
+        value = layer.get("method") if "method" in layer else None
+        if isinstance(value, str) and value != "???":
+            method = value
+    return method
+
+
+def configs_by_method(configs_dir=None) -> dict[str, list[str]]:
+    """``{method: [config paths]}`` of ``configs/*.yaml`` and ``configs/*/*.yaml`` (base.yaml left out),
+    paths relative to the repository root; files without a method under ``"?"``."""
+    from pathlib import Path
+
+    from launch.config import CONFIGS_DIR
+
+    root = Path(configs_dir or CONFIGS_DIR)
+    files = [p for p in sorted(root.glob("*.yaml")) if p.name != "base.yaml"] + sorted(root.glob("*/*.yaml"))
+    groups: dict[str, list[str]] = {}
+    for path in files:
+        rel = path.relative_to(root.parent).as_posix()
+        groups.setdefault(config_method(path) or "?", []).append(rel)
+    return dict(sorted(groups.items()))
+
+
+def configs_epilog() -> str:
+    lines = ["experiment configs, by method:"]
+    for method, paths in configs_by_method().items():
+        lines.append(f"  {method}:")
+        lines += [f"    {p}" for p in paths]
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = sys.argv[1:] if argv is None else argv
+    wants_help = any(a in ("-h", "--help") for a in args)  # the config listing reads every file: only for --help
     parser = argparse.ArgumentParser(
         prog="train.py", description=__doc__.splitlines()[0],
         epilog="examples:\n  python train.py configs/demo.yaml\n"
                "  python train.py configs/demo.yaml trainer.max_steps=200 logger.wandb.mode=disabled\n"
-               "  python train.py runs/<run>/config.yaml ckpt_path=last",
+               "  python train.py configs/demo.yaml '~callbacks.metrics'     # delete a key\n"
+               "  python train.py runs/<run>/config.yaml ckpt_path=last"
+               + ("\n\n" + configs_epilog() if wants_help else ""),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="experiment YAML file (merged over configs/base.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
@@ -35,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "moved to <output_dir>/previous-<time>/)")
     parser.add_argument("--debug", action="store_true",
                         help=f"show tracebacks for every error (also: {DEBUG_ENV}=1)")
-    return parser.parse_args(argv)
+    return parser.parse_args(args)
 
 
 def setup_logging() -> None:

@@ -2,9 +2,11 @@
 
 Composition is shallow per key: mappings merge key by key, any other value replaces what an earlier layer
 set (a string over a mapping, a mapping over a string). Dotted CLI overrides, the resolved config saved
-with the run. An experiment file may name one parent with a top-level ``extends: path`` (relative to
-``configs/``, or to the file itself); parents may extend further, cycles are an error. A callback set to
-``null`` in a child removes the callback inherited from its parent.
+with the run. ``~dotted.key`` on the command line removes that key from the composed config (after the
+merge, so the constructor's default applies); deleting a key the config lacks is an error. An experiment
+file may name one parent with a top-level ``extends: path`` (relative to ``configs/``, or to the file
+itself); parents may extend further, cycles are an error. A callback set to ``null`` in a child removes
+the callback inherited from its parent.
 
 Config groups with a string shorthand (``model.generator: stylegan2-ffhq-256`` is ``{checkpoint:
 stylegan2-ffhq-256}``): when a later layer gives the group as a mapping, an earlier layer's string is
@@ -77,8 +79,64 @@ def experiment_chain(path: Path, configs_dir: Path = CONFIGS_DIR) -> list[DictCo
     return chain[::-1]
 
 
+DELETE_PREFIX = "~"
+
+
+def split_deletions(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(key=value overrides, dotted keys to delete)``: ``~data.num_images`` removes that key from the
+    composed config (as in Hydra). ``~key=value`` is refused: a deletion takes no value."""
+    sets, deletions = [], []
+    for item in overrides:
+        if not item.startswith(DELETE_PREFIX):
+            sets.append(item)
+            continue
+        key = item[len(DELETE_PREFIX):]
+        if "=" in key:
+            raise ConfigError(f"override {item!r}: a deletion takes no value; write {DELETE_PREFIX}"
+                              f"{key.split('=', 1)[0]} to remove the key")
+        if not key or key.startswith(".") or key.endswith(".") or ".." in key:
+            raise ConfigError(f"override {item!r} must look like {DELETE_PREFIX}dotted.key (e.g. ~data.num_images)")
+        deletions.append(key)
+    return sets, deletions
+
+
+def delete_keys(cfg: DictConfig, keys: Sequence[str]) -> None:
+    """In place: remove each dotted key; a key the config does not hold is a :class:`ConfigError` naming it."""
+    for key in keys:
+        if key == EXTENDS_KEY:
+            raise ConfigError(f"'{EXTENDS_KEY}' cannot be given on the command line; put it in the config file")
+        *parents, last = key.split(".")
+        node: Any = cfg
+        for i, part in enumerate(parents):
+            node = _child(node, part)
+            if not isinstance(node, DictConfig):
+                where = ".".join(parents[:i + 1])
+                raise ConfigError(f"cannot delete '{key}': '{where}' is not a mapping in the config"
+                                  if node is not None else f"cannot delete '{key}': the config has no key '{where}'")
+        name = _key_in(node, last)
+        if name is None:
+            raise ConfigError(f"cannot delete '{key}': the config has no such key")
+        del node[name]
+
+
+def _key_in(node: DictConfig, part: str) -> Any:
+    """The key of ``node`` spelt ``part`` (a string, or the integer it reads as), None when absent."""
+    keys = list(node.keys())  # ``in`` would miss a key whose value is ``???``
+    if part in keys:
+        return part
+    if part.lstrip("-").isdigit() and int(part) in keys:
+        return int(part)
+    return None
+
+
+def _child(node: DictConfig, part: str) -> Any:
+    name = _key_in(node, part)
+    return None if name is None else node._get_node(name)
+
+
 def parse_overrides(overrides: Sequence[str]) -> DictConfig:
-    """Dotted ``key=value`` overrides (values parsed as YAML: ``trainer.devices=2``, ``model.channels={4: 32}``)."""
+    """Dotted ``key=value`` overrides (values parsed as YAML: ``trainer.devices=2``, ``model.channels={4: 32}``).
+    Deletions (``~key``) are taken apart by :func:`split_deletions` first."""
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override {item!r} must look like key=value (e.g. trainer.max_steps=100)")
@@ -155,7 +213,8 @@ def compose(config_path: str | Path, overrides: Sequence[str] = (), configs_dir:
     config_path = Path(config_path)
     base = read_yaml(configs_dir / "base.yaml")
     layers = experiment_chain(config_path, configs_dir)
-    cli = parse_overrides(overrides)
+    sets, deletions = split_deletions(overrides)
+    cli = parse_overrides(sets)
     if EXTENDS_KEY in cli:
         raise ConfigError(f"'{EXTENDS_KEY}' cannot be given on the command line; put it in the config file")
     all_layers = [base, *layers, cli]
@@ -170,6 +229,7 @@ def compose(config_path: str | Path, overrides: Sequence[str] = (), configs_dir:
     except OmegaConfBaseException as err:
         raise ConfigError(f"cannot merge configs: {err}") from err
     assert isinstance(cfg, DictConfig)
+    delete_keys(cfg, deletions)
     drop_disabled_callbacks(cfg)
     if cfg.get("experiment") is None:
         cfg.experiment = config_path.stem

@@ -1,9 +1,16 @@
-"""The run's loggers: ``metrics.jsonl`` (always) and W&B (offline by default); README, "Weights & Biases".
+"""The run's loggers: ``metrics.jsonl`` (always), W&B (offline by default) and, when their section is
+given, a CSV file and TensorBoard event files; README, "Weights & Biases" and "CSV and TensorBoard".
 
 Both put ``kimg`` (the module's images-seen counter) next to Lightning's step: the JSONL logger writes it
 into every line, the W&B logger logs it with every metric dict and makes it the x-axis of every panel
 (``define_metric("*", step_metric="kimg")``; the metrics callback's values included). The module is bound
 after the Trainer has launched (``bind_module``), so the loggers stay picklable for spawn-based DDP.
+
+The CSV logger (``logger.csv: {}``) writes ``<run dir>/csv/metrics.csv``, one row per logged dict, with a
+``kimg`` column next to Lightning's ``step``; a resumed run appends to the same file. The TensorBoard logger
+(``logger.tensorboard: {}``) writes ``<run dir>/tensorboard/``: every scalar is logged at TensorBoard step
+``round(kimg * 1000)`` (images seen), so its x-axis is the kimg axis, and ``kimg`` itself is logged as a scalar
+too. Without a module's ``kimg`` both fall back to Lightning's step.
 
 The W&B config is the launcher's resolved config, nested as in ``config.yaml`` and with its ``provenance``
 (:meth:`KimgWandbLogger.log_config`); Lightning's own logging of constructor arguments is ignored.
@@ -16,7 +23,8 @@ import weakref
 from pathlib import Path
 from typing import Any, Mapping
 
-from pytorch_lightning.loggers import Logger, WandbLogger
+from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.utilities import rank_zero_only
 
 from metrics.jsonl import append_jsonl
@@ -109,6 +117,87 @@ class KimgWandbLogger(_KimgSource, WandbLogger):
                 self.experiment.define_metric("*", step_metric="kimg", step_sync=True)
                 self._kimg_axis = True
         super().log_metrics(metrics, step)
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that an existing ``metrics.csv`` (a resumed run's) is appended to, not
+    deleted, and the hyperparameters file is not written (the config is ``config.yaml``)."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            import csv
+
+            with self._fs.open(self.metrics_file_path, "r", newline="") as fh:
+                header = next(csv.reader(fh), [])
+            self.metrics_keys = sorted(header)
+
+    def log_hparams(self, params: dict[str, Any]) -> None:
+        """No-op."""
+
+
+class KimgCSVLogger(_KimgSource, CSVLogger):
+    """``CSVLogger`` writing ``<save_dir>/csv/metrics.csv`` with a ``kimg`` column."""
+
+    def __init__(self, save_dir: str | Path, **kwargs: Any) -> None:
+        super().__init__(save_dir=str(save_dir), name="csv", version="", **kwargs)
+
+    @property
+    def experiment(self) -> ExperimentWriter:  # type: ignore[override]
+        if self._experiment is None:
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any = None) -> None:
+        """No-op: the resolved config is ``config.yaml`` in the run directory."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        kimg = self.current_kimg()
+        if kimg is not None:
+            metrics = {**metrics}
+            metrics.setdefault("kimg", kimg)
+        super().log_metrics(dict(metrics), step)
+
+
+class KimgTensorBoardLogger(_KimgSource, TensorBoardLogger):
+    """``TensorBoardLogger`` writing ``<save_dir>/tensorboard/`` at step ``round(kimg * 1000)`` (images seen)."""
+
+    def __init__(self, save_dir: str | Path, **kwargs: Any) -> None:
+        kwargs.setdefault("default_hp_metric", False)
+        super().__init__(save_dir=str(save_dir), name="tensorboard", version="", **kwargs)
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any = None, metrics: Any = None) -> None:
+        """No-op: the resolved config is ``config.yaml`` in the run directory."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        kimg = self.current_kimg()
+        if kimg is not None:
+            metrics = {**metrics}
+            metrics.setdefault("kimg", kimg)
+            step = int(round(kimg * 1000))
+        super().log_metrics(dict(metrics), step)
+
+
+def tensorboard_available() -> bool:
+    """Whether the ``tensorboard`` package (needed by ``logger.tensorboard``) is importable."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+def build_file_loggers(settings: Mapping[str, Any], run_dir: Path) -> list[Logger]:
+    """The CSV and TensorBoard loggers the ``logger`` section turns on (``csv: {}``, ``tensorboard: {}``; a
+    ``dir`` key puts the files elsewhere than the run directory)."""
+    out: list[Logger] = []
+    for key, cls in (("csv", KimgCSVLogger), ("tensorboard", KimgTensorBoardLogger)):
+        section = settings.get(key)
+        if section is None:
+            continue
+        out.append(cls(Path(section.get("dir") or run_dir)))
+    return out
 
 
 def build_wandb_logger(settings: Mapping[str, Any], run_dir: Path, run_name: str, run_id: str | None = None,

@@ -29,7 +29,7 @@ from launch.config import to_container
 from launch.errors import ConfigError, RunError
 from launch.interrupt import GracefulInterrupt, interrupted_name
 from launch.jsonl import append_jsonl
-from launch.loggers import JsonlLogger, build_wandb_logger, finish_wandb
+from launch.loggers import JsonlLogger, build_file_loggers, build_wandb_logger, finish_wandb
 from launch.preflight import choose_strategy, is_leader, preflight
 from launch.provenance import SECTION as PROVENANCE, provenance
 from launch.run_state import RunStateCallback
@@ -218,7 +218,9 @@ def execute(prep: Prepared) -> int:
                 wandb_logger = build_wandb_logger(config["logger"]["wandb"], run_dir, run_dir.name, run_id=resume_id,
                                                   job_type="train" if mode == "fit" else mode)
                 trainer = pl.Trainer(**plan.trainer_kwargs, default_root_dir=str(run_dir),
-                                     logger=[wandb_logger, JsonlLogger(run_dir)], callbacks=callbacks)
+                                     logger=[wandb_logger, JsonlLogger(run_dir),
+                                             *build_file_loggers(config["logger"], run_dir)],
+                                     callbacks=callbacks)
                 ckpt_arg = None if ckpt is None else str(ckpt)
                 if mode == "fit":
                     if ckpt is not None:

@@ -3,8 +3,9 @@
 Top-level sections are fixed; ``model`` keys are checked against the method's constructor, ``data``
 against the datamodule's, ``trainer`` against ``pytorch_lightning.Trainer`` (keys and the types its hints
 express), each ``callbacks.<name>``
-against that callback's constructor, ``logger.wandb`` and ``checkpoint`` against fixed schemas. All
-problems are reported at once, each unknown key with its closest valid spellings.
+against that callback's constructor, ``logger.wandb``, ``logger.csv``, ``logger.tensorboard`` and
+``checkpoint`` against fixed schemas. All problems are reported at once, each unknown key with its closest
+valid spellings.
 
 How a constructor's keys are found (:func:`constructor_params`):
 
@@ -37,6 +38,8 @@ SECTIONS = ("experiment", "seed", "method", "model", "data", "trainer", "callbac
 MODES = ("fit", "validate", "test")
 WANDB_KEYS = ("mode", "project", "entity", "name", "tags", "dir")
 WANDB_MODES = ("offline", "online", "disabled")
+#: ``logger.csv`` / ``logger.tensorboard``: ``{}`` (or any of these keys) turns the logger on, null/absent off
+FILE_LOGGER_KEYS = {"csv": ("dir",), "tensorboard": ("dir",)}
 CHECKPOINT_KEYS = ("every_kimg", "save_last")
 # Trainer arguments the launcher owns, and where the user sets them instead.
 MANAGED_TRAINER_KEYS = {"logger": "the 'logger' section", "callbacks": "the 'callbacks' section",
@@ -225,8 +228,27 @@ def _check_scalars(cfg: Mapping, errors: list[str]) -> None:
             errors.append(f"section '{key}' must be a mapping, got {cfg.get(key)!r}")
 
 
+def _check_file_loggers(logger: Mapping, errors: list[str]) -> None:
+    for name, keys in FILE_LOGGER_KEYS.items():
+        section = logger.get(name)
+        if section is None:
+            continue
+        if not _is_mapping(section):
+            errors.append(f"'logger.{name}' must be a mapping ({{}} for the defaults) or null, got {section!r}")
+            continue
+        check_keys(f"logger.{name}", section, keys, errors)
+        if section.get("dir") is not None and not isinstance(section.get("dir"), str):
+            errors.append(f"'logger.{name}.dir' must be a path string or null, got {section.get('dir')!r}")
+        if name == "tensorboard":
+            from launch.loggers import tensorboard_available
+            if not tensorboard_available():
+                errors.append("'logger.tensorboard' needs the tensorboard package (pip install tensorboard, or "
+                              "make venv); or log to CSV instead: logger.csv={}")
+
+
 def _check_logger(logger: Mapping, errors: list[str]) -> None:
-    check_keys("logger", logger, ["wandb"], errors)
+    check_keys("logger", logger, ["wandb", *FILE_LOGGER_KEYS], errors)
+    _check_file_loggers(logger, errors)
     wandb = logger.get("wandb")
     if not _is_mapping(wandb):
         errors.append(f"'logger.wandb' must be a mapping, got {wandb!r}")

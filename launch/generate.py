@@ -1,0 +1,527 @@
+"""``python generate.py``: render images of a generator for seeds (or saved W / W+ codes), with the conventions
+of NVIDIA's and rosinality's generation scripts::
+
+    python generate.py --network FILE --seeds 0-63 --trunc 0.7 --outdir out/
+    python generate.py --network FILE --seeds 0-7 --grid --interpolate 16 --outdir out/
+    python generate.py --network FILE --projected-w codes/img.pt --outdir out/
+    python generate.py --network runs/<run>/generator.pt --domain all --seeds 0-3 --outdir out/
+    python generate.py --network source.pt --pair-with adapted.pt --seeds 0-7 --outdir out/
+
+``--network`` is any file ``models.checkpoints.load`` reads (rosinality ``.pt``, NVIDIA ``.pkl``, our
+``generator.pt``), a registered asset name, or a Lightning checkpoint of a StyleShift run (``.ckpt``; its
+generator is taken out as ``python -m launch.ckpt_tools convert`` does). Its ``g_ema`` is used (``g`` when the
+file has no EMA copy).
+
+Seed ``s`` draws its latent from ``numpy.random.RandomState(s).randn(style_dim)`` (NVIDIA's convention; the
+same as ``models.sampler.seeded_normal([s], 0, dim)``). Truncation ``w' = w_avg + psi (w - w_avg)`` pulls
+toward the file's ``latent_avg`` when it has one, else toward the mean W of 4096 fixed z (seed 0, as the
+runs' exports). Noise: ``const`` (the stored noise buffers, the default), ``random`` (fresh noise, drawn from
+a generator seeded with the image's seed, so it is reproducible too) or ``none``.
+
+Files written into ``--outdir``:
+
+=============================  ===================================================================================
+``seed0000.png``               one image per seed (with ``--domain all`` or ``--pair-with``: the variants side by side)
+``proj0000.png``               one image per code of ``--projected-w`` (instead of the seeds)
+``grid.png``                   ``--grid``: every image in one grid (one row per seed when variants are side by side)
+``interpolation.png`` / .gif   ``--interpolate N``: N frames from each seed to the next, lerped in W after truncation
+=============================  ===================================================================================
+
+Method selectors: ``--domain NAME`` renders the domain NAME of a Domain Expansion export (its ``expansion``
+table: ``models.expansion.ExpansionBasis``), ``--domain base`` the base (every repurposed direction reset to
+the mean), ``--domain all`` base and every domain side by side; ``--pair-with FILE`` renders the same seeds
+through a second generator of the same architecture (a NADA source / adapted pair, a fine-tuned model): the
+same z through each one's own mapping and truncation centre (``--projected-w``: the same codes).
+
+Mistakes (an unreadable file, a bad seed list, a code of the wrong shape, an unknown domain) are printed as one
+``error:`` line with exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+NOISE_CHOICES = ("const", "random", "none")
+
+
+class GenerateError(Exception):
+    """A mistake in the arguments or the files they name (exit status 2)."""
+
+
+# ------------------------------------------------------------------------------------------------- parsing
+def parse_seeds(text: str) -> list[int]:
+    """``"0-3,7"`` -> ``[0, 1, 2, 3, 7]`` (ranges inclusive, order kept, seeds in ``[0, 2**32)``)."""
+    seeds: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                a, b = int(lo), int(hi)
+                if b < a:
+                    raise GenerateError(f"seed range {part!r} runs backwards")
+                seeds.extend(range(a, b + 1))
+            else:
+                seeds.append(int(part))
+        except ValueError:
+            raise GenerateError(f"bad seed list {text!r}: {part!r} is not a seed or a range like 0-63") from None
+    if not seeds:
+        raise GenerateError(f"bad seed list {text!r}: no seeds")
+    bad = [s for s in seeds if not 0 <= s < 2 ** 32]
+    if bad:
+        raise GenerateError(f"seeds must be in [0, 2**32), got {bad[0]}")
+    return seeds
+
+
+def seed_latents(seeds: Sequence[int], dim: int) -> torch.Tensor:
+    """z [len(seeds), dim]: seed ``s`` from ``RandomState(s)``."""
+    from models.sampler import seeded_normal
+
+    return seeded_normal(list(seeds), 0, dim)
+
+
+# ------------------------------------------------------------------------------------------------- networks
+@dataclass
+class Network:
+    """A generator in eval mode, its truncation centre and the file's other entries (``extra``)."""
+
+    generator: nn.Module
+    latent_avg: torch.Tensor | None
+    extra: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def style_dim(self) -> int:
+        return int(self.generator.style_dim)
+
+    @property
+    def n_latent(self) -> int:
+        return int(self.generator.n_latent)
+
+
+def _is_lightning_checkpoint(path: str) -> bool:
+    """A run's Lightning checkpoint: named ``*.ckpt``, or any other name when ``launch.ckpt_tools`` reads it."""
+    from launch import ckpt_tools
+
+    return path.endswith(".ckpt") or ckpt_tools.is_run_checkpoint(path)
+
+
+def _from_run_checkpoint(path: str) -> Network:
+    from launch import ckpt_tools
+    from models.checkpoint_formats.config import infer_config
+    from models.checkpoints import build_generator
+
+    try:
+        ckpt = ckpt_tools.read(path)
+    except (ckpt_tools.NotARunCheckpoint, OSError) as err:
+        raise GenerateError(str(err)) from None
+    nets = ckpt_tools.networks(ckpt)
+    state = nets.get("g_ema", nets.get("g"))
+    if state is None:
+        raise GenerateError(f"{path} holds no StyleGAN2 generator (state-dict prefixes: "
+                            f"{sorted({k.split('.')[0] for k in ckpt['state_dict']})})")
+    try:
+        generator = build_generator(infer_config(dict(state), None, source_format="styleshift"), state)
+    except Exception as err:  # noqa: BLE001 - an unusual network in the file: say so, in one line
+        raise GenerateError(f"{path}: cannot build its generator ({type(err).__name__}: {err})") from None
+    return Network(generator.eval(), None, {}, path)
+
+
+def load_network(spec: str, device: torch.device | str = "cpu") -> Network:
+    """A generator file, a registered asset name or a run's ``.ckpt`` as a :class:`Network` on ``device``."""
+    from models import assets, checkpoints
+    from models.checkpoint_formats.errors import CheckpointError
+
+    spec = os.fspath(spec)
+    if not os.path.exists(spec) and spec not in assets.ASSETS:
+        raise GenerateError(f"network {spec!r} not found (a generator file, a run's .ckpt or a registered asset "
+                            f"name: python -m models.assets list)")
+    if os.path.exists(spec) and os.path.isdir(spec):
+        raise GenerateError(f"network {spec!r} is a folder; give a checkpoint file")
+    if os.path.exists(spec) and spec.endswith(".ckpt"):
+        net = _from_run_checkpoint(spec)
+    else:
+        try:
+            loaded = checkpoints.load(spec, networks=("g_ema", "g"))
+        except (CheckpointError, FileNotFoundError) as err:
+            if os.path.isfile(spec) and _is_lightning_checkpoint(spec):  # a run checkpoint under another name
+                loaded = None
+            else:
+                raise GenerateError(_one_line(err)) from None
+        if loaded is None:
+            net = _from_run_checkpoint(spec)
+            net.generator.to(device)
+            return net
+        generator = loaded.g_ema if loaded.g_ema is not None else loaded.g
+        if generator is None:
+            raise GenerateError(f"{spec}: the checkpoint holds no generator (neither g_ema nor g)")
+        net = Network(generator.eval(), loaded.latent_avg, dict(loaded.extra), spec)
+    net.generator.to(device)
+    if net.latent_avg is not None:
+        net.latent_avg = net.latent_avg.to(device)
+    return net
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
+@torch.no_grad()
+def truncation_center(net: Network) -> torch.Tensor:
+    """The W (``[style_dim]``) or W+ (``[n_latent, style_dim]``) truncation pulls toward: the file's
+    ``latent_avg``, else the mean W of 4096 fixed z (seed 0)."""
+    avg = net.latent_avg
+    if avg is not None:
+        avg = avg.reshape(-1, avg.shape[-1]).float()
+        if avg.shape[-1] != net.style_dim:
+            raise GenerateError(f"{net.source}: latent_avg has width {avg.shape[-1]}, the generator {net.style_dim}")
+        if avg.shape[0] == 1:
+            return avg[0]
+        if avg.shape[0] == net.n_latent:
+            return avg
+        return avg.mean(0)
+    from lightning_modules.base import MEAN_W_SAMPLES, MEAN_W_SEED
+
+    device = next(net.generator.parameters()).device
+    z = torch.randn(MEAN_W_SAMPLES, net.style_dim, generator=torch.Generator().manual_seed(MEAN_W_SEED))
+    return net.generator.style(z.to(device)).mean(0)
+
+
+# ------------------------------------------------------------------------------------------------- codes
+def read_codes(path: str | os.PathLike, net: Network) -> torch.Tensor:
+    """Saved codes as W+ ``[B, n_latent, style_dim]``: a ``.pt`` tensor (or a dict with ``w``/``latent``) of
+    shape ``[D]``, ``[n_latent, D]``, ``[B, D]`` or ``[B, n_latent, D]``, or an ``.npz`` / ``.npy`` with NVIDIA's
+    ``w`` array ``[B, num_ws, D]``. A 2-D array with ``n_latent`` rows is one W+ code; other 2-D arrays are
+    batches of W."""
+    path = Path(path)
+    if not path.is_file():
+        raise GenerateError(f"--projected-w: {path} not found")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                key = "w" if "w" in data.files else (data.files[0] if len(data.files) == 1 else None)
+                if key is None:
+                    raise GenerateError(f"--projected-w: {path} has no 'w' array (arrays: {', '.join(data.files)})")
+                value: Any = torch.from_numpy(np.asarray(data[key]))
+        elif path.suffix == ".npy":
+            value = torch.from_numpy(np.load(path, allow_pickle=False))
+        else:
+            value = torch.load(path, map_location="cpu", weights_only=True)
+    except GenerateError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any unreadable file: one line
+        raise GenerateError(f"--projected-w: cannot read {path} ({type(err).__name__}: {err})") from None
+    if isinstance(value, dict):
+        key = next((k for k in ("w", "latent", "latents", "code", "codes") if k in value), None)
+        if key is None or not isinstance(value[key], torch.Tensor):
+            raise GenerateError(f"--projected-w: {path} holds a dict without a 'w' tensor (keys: {sorted(value)[:8]})")
+        value = value[key]
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        raise GenerateError(f"--projected-w: {path} must hold a float tensor, got {type(value).__name__}")
+    w = value.detach().float()
+    d, n = net.style_dim, net.n_latent
+    if w.shape[-1] != d:
+        raise GenerateError(f"--projected-w: codes of width {w.shape[-1]} ({tuple(w.shape)}), the generator's "
+                            f"style_dim is {d}")
+    if w.ndim == 1:
+        w = w[None, None]
+    elif w.ndim == 2:
+        w = w[None] if w.shape[0] == n else w[:, None]
+    elif w.ndim != 3:
+        raise GenerateError(f"--projected-w: expected [D], [n_latent, D], [B, D] or [B, n_latent, D], "
+                            f"got {tuple(w.shape)}")
+    if w.shape[1] == 1:
+        w = w.expand(-1, n, -1)
+    if w.shape[1] != n:
+        raise GenerateError(f"--projected-w: codes have {w.shape[1]} rows, the generator takes {n} (W+ rows)")
+    if w.shape[0] == 0:
+        raise GenerateError(f"--projected-w: {path} holds no codes")
+    return w.contiguous()
+
+
+# ------------------------------------------------------------------------------------------------- rendering
+def noise_for(generator: nn.Module, seeds: Sequence[int], mode: str) -> list[torch.Tensor] | None:
+    """Per-image noise for ``mode="random"``: image ``i``'s maps from ``torch.Generator().manual_seed(seeds[i])``;
+    None (the generator's own handling) for ``const`` and ``none``."""
+    if mode != "random":
+        return None
+    shapes = [tuple(n.shape[-2:]) for n in generator.stored_noise()]
+    device = generator.stored_noise()[0].device
+    per_seed = []
+    for s in seeds:
+        g = torch.Generator().manual_seed(int(s))
+        per_seed.append([torch.randn(1, 1, *hw, generator=g) for hw in shapes])
+    return [torch.cat([maps[i] for maps in per_seed]).to(device) for i in range(len(shapes))]
+
+
+@torch.no_grad()
+def synthesize(generator: nn.Module, wplus: torch.Tensor, noise_mode: str,
+               noise_seeds: Sequence[int]) -> torch.Tensor:
+    """Images [B, 3, H, W] in [-1, 1] of W+ ``wplus`` [B, n_latent, D]."""
+    device = next(generator.parameters()).device
+    noise = noise_for(generator, noise_seeds, noise_mode)
+    image = generator.synthesis(wplus.to(device), noise=noise, noise_mode=noise_mode)
+    return image.clamp(-1, 1).cpu()
+
+
+@torch.no_grad()
+def seed_wplus(net: Network, seeds: Sequence[int], psi: float) -> torch.Tensor:
+    """Truncated W+ [len(seeds), n_latent, D] of the seeds."""
+    device = next(net.generator.parameters()).device
+    w = net.generator.style(seed_latents(seeds, net.style_dim).to(device))
+    wplus = w[:, None].repeat(1, net.n_latent, 1)
+    if psi != 1:
+        center = truncation_center(net).to(wplus)
+        wplus = center + psi * (wplus - center)
+    return wplus
+
+
+@dataclass
+class Column:
+    """One of the images shown side by side: a network and a map of its W+ codes (identity, an expansion's
+    ``base`` or ``edit``)."""
+
+    label: str
+    net: Network
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+def columns_for(net: Network, args: argparse.Namespace, pair: Network | None) -> list[Column]:
+    """The columns of every image: one, or base and the domains, or the generator and its pair."""
+    if args.domain is None:
+        return [Column("", net)] + ([Column("pair", pair)] if pair is not None else [])
+    basis, names = expansion_table(net)
+    device = next(net.generator.parameters()).device
+
+    def base(wp: torch.Tensor) -> torch.Tensor:
+        return basis.base(wp.to(device))
+
+    def domain(index: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda wp: basis.edit(wp.to(device), index)
+
+    if args.domain == "base":
+        return [Column("base", net, base)]
+    if args.domain == "all":
+        return [Column("base", net, base)] + [Column(name, net, domain(i)) for i, name in enumerate(names)]
+    if args.domain not in names:
+        raise GenerateError(f"--domain {args.domain!r}: {net.source} has the domains {', '.join(names)} "
+                            f"(or base, all)")
+    return [Column(args.domain, net, domain(names.index(args.domain)))]
+
+
+def expansion_table(net: Network):
+    """The :class:`models.expansion.ExpansionBasis` and the domain names of a Domain Expansion export."""
+    from models.expansion import ExpansionBasis
+
+    table = net.extra.get("expansion")
+    if not isinstance(table, dict) or "basis" not in table:
+        raise GenerateError(f"--domain: {net.source} is not an expanded generator (no 'expansion' table; "
+                            f"a Domain Expansion run's generator.pt has one)")
+    try:
+        basis = ExpansionBasis.from_state(table)
+    except (KeyError, ValueError, TypeError) as err:
+        raise GenerateError(f"--domain: {net.source} has a broken expansion table ({err})") from None
+    names = [str(n) for n in table.get("names") or [f"domain{i}" for i in range(len(basis.dims))]]
+    if basis.basis.shape[0] != net.style_dim:
+        raise GenerateError(f"--domain: the expansion basis is {tuple(basis.basis.shape)}, the generator's "
+                            f"style_dim is {net.style_dim}")
+    return basis, names
+
+
+def render_rows(columns: list[Column], codes: dict[int, torch.Tensor], seeds: Sequence[int], noise_mode: str,
+                batch: int) -> torch.Tensor:
+    """Images [B, C, 3, H, W]: code ``b`` of each column's network (``codes[id(net)]`` [B, n_latent, D])
+    through every column; ``seeds`` seed the ``random`` noise."""
+    rows = []
+    n = len(seeds)
+    for start in range(0, n, batch):
+        sd = list(seeds[start:start + batch])
+        images = []
+        for col in columns:
+            wp = codes[id(col.net)][start:start + batch]
+            if col.transform is not None:
+                wp = col.transform(wp)
+            images.append(synthesize(col.net.generator, wp, noise_mode, sd))
+        rows.append(torch.stack(images, dim=1))
+    return torch.cat(rows)
+
+
+# ------------------------------------------------------------------------------------------------- files
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[..., 3, H, W] in [-1, 1] -> [..., H, W, 3] uint8 (NVIDIA's quantization)."""
+    from metrics.features import quantize
+
+    return quantize(images).movedim(-3, -1).numpy()
+
+
+def side_by_side(row: torch.Tensor) -> np.ndarray:
+    """[C, 3, H, W] -> H x (C*W) x 3 uint8, no padding (one column = the single image)."""
+    return np.concatenate(list(to_uint8(row)), axis=1)
+
+
+def grid(images: torch.Tensor, nrow: int) -> np.ndarray:
+    from torchvision.utils import make_grid
+
+    from metrics.features import quantize
+
+    return make_grid(quantize(images), nrow=nrow, padding=2, pad_value=0).permute(1, 2, 0).numpy()
+
+
+def save_png(array: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(array).save(path, format="PNG")
+
+
+def interpolate(w_a: torch.Tensor, w_b: torch.Tensor, frames: int) -> torch.Tensor:
+    """[frames, n_latent, D]: ``lerp(w_a, w_b, t)`` at t = 0, 1/(frames-1), ..., 1."""
+    t = torch.linspace(0, 1, frames, dtype=w_a.dtype)[:, None, None]
+    return w_a[None] + t * (w_b - w_a)[None]
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, status 2
+        self.exit(2, f"error: {message} (python generate.py --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python generate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--network", required=True, help="generator file, registered asset name or a run's .ckpt")
+    p.add_argument("--seeds", default="0-7", help="seeds, e.g. 0-63 or 0-3,7 (default 0-7)")
+    p.add_argument("--trunc", type=float, default=1.0, help="truncation psi (default 1: none)")
+    p.add_argument("--outdir", required=True, help="output folder (created)")
+    p.add_argument("--noise-mode", default="const", choices=NOISE_CHOICES, help="const (default), random or none")
+    p.add_argument("--grid", action="store_true", help="also write every image into grid.png")
+    p.add_argument("--grid-only", action="store_true", help="write grid.png instead of one PNG per seed")
+    p.add_argument("--nrow", type=int, default=None, help="images per grid row (default: about the square root)")
+    p.add_argument("--interpolate", type=int, default=0, metavar="N",
+                   help="N frames from each seed to the next (W space): interpolation.png and .gif")
+    p.add_argument("--fps", type=float, default=12.0, help="frames per second of interpolation.gif")
+    p.add_argument("--projected-w", default=None, metavar="FILE",
+                   help="render saved W / W+ codes (.pt tensor, .npz/.npy with 'w') instead of the seeds")
+    p.add_argument("--domain", default=None, help="Domain Expansion export: a domain name, base or all")
+    p.add_argument("--pair-with", default=None, metavar="FILE",
+                   help="a second generator of the same architecture, rendered side by side")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
+    return p
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if not np.isfinite(args.trunc):
+        raise GenerateError(f"--trunc must be a finite number, got {args.trunc}")
+    if args.interpolate and args.interpolate < 2:
+        raise GenerateError(f"--interpolate needs at least 2 frames, got {args.interpolate}")
+    if args.batch_size < 1:
+        raise GenerateError("--batch-size must be at least 1")
+    if args.nrow is not None and args.nrow < 1:
+        raise GenerateError("--nrow must be at least 1")
+    if args.domain is not None and args.pair_with is not None:
+        raise GenerateError("--domain and --pair-with cannot be combined; render them one at a time")
+    if args.projected_w is not None and args.interpolate:
+        raise GenerateError("--interpolate works on --seeds, not on --projected-w codes")
+
+
+def run(args: argparse.Namespace) -> list[Path]:
+    """Render what ``args`` asks for; the files written."""
+    _check_args(args)
+    seeds = parse_seeds(args.seeds)
+    if args.interpolate and len(seeds) < 2:
+        raise GenerateError("--interpolate needs at least two seeds")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GenerateError("--device cuda: this machine has no CUDA device")
+    net = load_network(args.network, device)
+    pair = None
+    if args.pair_with is not None:
+        pair = load_network(args.pair_with, device)
+        mine = (net.style_dim, net.n_latent, int(net.generator.size))
+        theirs = (pair.style_dim, pair.n_latent, int(pair.generator.size))
+        if mine != theirs:
+            raise GenerateError(f"--pair-with: {args.pair_with} has (style_dim, n_latent, resolution) {theirs}, "
+                                f"{args.network} has {mine}")
+    columns = columns_for(net, args, pair)
+    nets = {id(c.net): c.net for c in columns}
+    outdir = Path(args.outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise GenerateError(f"--outdir {outdir} exists and is not a folder")
+    outdir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    if args.projected_w is not None:  # the same codes through every network
+        wplus = read_codes(args.projected_w, net)
+        codes = {key: wplus for key in nets}
+        ids = list(range(wplus.shape[0]))
+        prefix = "proj"
+    else:  # the same z through every network, each with its own mapping and truncation centre
+        codes = {key: seed_wplus(other, seeds, args.trunc) for key, other in nets.items()}
+        ids = seeds
+        prefix = "seed"
+    images = render_rows(columns, codes, ids, args.noise_mode, args.batch_size)  # [B, C, 3, H, W]
+    if not args.grid_only:
+        for i, row in zip(ids, images):
+            path = outdir / f"{prefix}{i:04d}.png"
+            save_png(side_by_side(row), path)
+            written.append(path)
+    if args.grid or args.grid_only:
+        b, c = images.shape[:2]
+        nrow = c if c > 1 else (args.nrow or max(1, int(np.ceil(np.sqrt(b)))))
+        path = outdir / "grid.png"
+        save_png(grid(images.flatten(0, 1), nrow), path)
+        written.append(path)
+    if args.interpolate:
+        written += write_interpolation(columns, codes, seeds, args, outdir)
+    return written
+
+
+def write_interpolation(columns: list[Column], codes: dict[int, torch.Tensor], seeds: Sequence[int],
+                        args: argparse.Namespace, outdir: Path) -> list[Path]:
+    """``interpolation.png`` (one row per consecutive seed pair, N frames) and ``interpolation.gif`` (the rows
+    one after another, each shared end frame once). Along a row the noise stays that of the row's first seed."""
+    from PIL import Image
+
+    n = args.interpolate
+    strips, frames = [], []
+    for k in range(len(seeds) - 1):
+        path_w = {key: interpolate(wp[k], wp[k + 1], n) for key, wp in codes.items()}
+        noise_seeds = [seeds[k]] * n  # the same noise along a path: only W moves
+        images = render_rows(columns, path_w, noise_seeds, args.noise_mode, args.batch_size)  # [N, C, 3, H, W]
+        tiles = [side_by_side(row) for row in images]
+        strips.append(np.concatenate(tiles, axis=1))
+        frames += tiles if k == 0 else tiles[1:]  # a segment starts where the previous one ended
+    strip_path, gif_path = outdir / "interpolation.png", outdir / "interpolation.gif"
+    save_png(np.concatenate(strips, axis=0), strip_path)
+    pil = [Image.fromarray(f) for f in frames]
+    pil[0].save(gif_path, format="GIF", save_all=True, append_images=pil[1:],
+                duration=max(1, int(round(1000 / args.fps))), loop=0)
+    return [strip_path, gif_path]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    debug = os.environ.get("STYLESHIFT_DEBUG", "") not in ("", "0")
+    try:
+        written = run(args)
+    except GenerateError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(written)} file(s) to {args.outdir}")
+    return 0
+
+
+__all__ = ["parse_seeds", "seed_latents", "load_network", "truncation_center", "read_codes", "seed_wplus",
+           "synthesize", "run", "main", "GenerateError"]
