@@ -3,9 +3,10 @@
 docs/architecture.md, "Run directories". ``CONFIG`` is merged over ``configs/base.yaml``; ``key=value``
 overrides use dotted keys (``trainer.max_steps=100 model.gan.g_lr=0.001``). Before anything starts, the
 config is validated and the machine is checked (data paths, pretrained files, devices, the run
-directory); ``--dry-run`` does exactly that and prints the resolved config. Errors the user can fix are printed without a traceback:
-exit status 2 for the config and what it points to, 1 for problems found once the run started (a
-non-finite loss, unreadable data). ``--debug`` (or ``STYLESHIFT_DEBUG=1``) shows their tracebacks too.
+directory); ``--dry-run`` does exactly that and prints the resolved config. Errors the user can fix are
+printed without a traceback: exit status 2 for the config and what it points to, 1 for problems found
+once the run started (a non-finite loss, unreadable data). ``--debug`` (or ``STYLESHIFT_DEBUG=1``) shows
+their tracebacks too.
 """
 from __future__ import annotations
 
