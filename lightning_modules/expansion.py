@@ -140,7 +140,7 @@ class ExpansionModule(StyleGAN2Core):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        if self.trainer.is_global_zero and not self.dormancy:
+        if self.trainer.is_global_zero and not self.dormancy and self.iteration == 0:  # G_ema is still the parent
             self.dormancy = self.dormancy_report()
             log.info("Domain Expansion: new domain(s) %s on dims %s (s = %s); dormancy of a step s (image "
                      "change / sample spread, 0 = dormant): %s", self.names, self.dims[self.n_previous:],
@@ -200,9 +200,10 @@ class ExpansionModule(StyleGAN2Core):
         """G_expand: the tasks' losses on edit images plus the replay of the base subspace."""
         basis = self.basis_state
         choice = torch.randint(len(self.tasks), (n,), device=self.device, generator=self.rng)
+        counts = torch.bincount(choice, minlength=len(self.tasks)).tolist()  # one host sync for every task
         w_all, domain_all, parts = [], [], []
         for k, task in enumerate(self.tasks):
-            count = int((choice == k).sum())
+            count = counts[k]
             if count:
                 w = task.sample_w(count, self)
                 if self.drift_w_mean and task.fresh_latents:
@@ -222,7 +223,7 @@ class ExpansionModule(StyleGAN2Core):
             rows = torch.arange(count, device=self.device)
             value = task.loss(x_base[offset:offset + count], x_edit[offset:offset + count], rows, self)
             task_terms[f"loss/task_{task.name}"] = value.detach() / count
-            total = total + value
+            total = total + task.weight * value
             offset += count
         expand = total / n
         with torch.no_grad():
@@ -292,12 +293,14 @@ class ExpansionModule(StyleGAN2Core):
 
     # ------------------------------------------------------------------------------ state
     def extra_state(self) -> dict[str, Any]:
-        return {"dims": list(self.dims), "distances": list(self.distances)}
+        return {"dims": list(self.dims), "distances": list(self.distances), "dormancy": dict(self.dormancy)}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        if "dims" in state and list(state["dims"]) != list(self.dims):
-            raise ValueError(f"the checkpoint repurposes dims {state['dims']}, this config {self.dims}: resume "
-                             f"with the tasks of that run")
+        for key in ("dims", "distances"):
+            if key in state and list(state[key]) != list(getattr(self, key)):
+                raise ValueError(f"the checkpoint's {key} are {state[key]}, this config's {getattr(self, key)}: "
+                                 f"resume with the tasks (and step sizes) of that run")
+        self.dormancy = {int(k): float(v) for k, v in state.get("dormancy", {}).items()}
 
     # ------------------------------------------------------------------------------ sampling and export
     def render(self, z: Tensor, domain: int | None) -> Tensor:

@@ -5,7 +5,7 @@ A task gives the latents of its expansion samples and a loss that is a **sum** o
     sample_w(n, module) -> W [n, style_dim]        the expansion samples' own codes (replay uses them too)
     loss(x_base, x_edit, rows, module) -> scalar    x_base = G(base(w)) (detached), x_edit = G(edit_d(w))
 
-Types (``type`` in the YAML list ``model.tasks``):
+Every entry may set ``dimension``, ``distance`` and ``weight``. Types (``type`` in the YAML list ``model.tasks``):
 
 * ``text``: StyleGAN-NADA's directional CLIP loss from ``source_text`` to ``target_text``
   (``Σ_m weight_m Σ_i [1 - cos(ΔI_i, ΔT)]``, ΔI from the detached base image to the edited image, the 79
@@ -35,14 +35,18 @@ __all__ = ["ExpansionTask", "TextTask", "ImageTask", "ReconstructionTask", "Colo
 
 
 class ExpansionTask(nn.Module):
-    """One domain: ``name``, the requested ``dimension`` (None: assigned) and its step size ``distance``."""
+    """One domain: ``name``, the requested ``dimension`` (None: assigned), its step size ``distance`` (None:
+    the module's) and the ``weight`` of its loss in the expansion term (1; balances tasks of different scales)."""
 
     kind = "task"
     fresh_latents = True  # latents are mapped fresh z (False: the task's own anchors)
 
-    def __init__(self, name: str, dimension: int | None = None, distance: float | None = None):
+    def __init__(self, name: str, dimension: int | None = None, distance: float | None = None,
+                 weight: float = 1.0):
         super().__init__()
-        self.name, self.dimension, self.distance = str(name), dimension, distance
+        if not float(weight) >= 0:
+            raise ValueError(f"task {name!r}: weight must be >= 0, got {weight}")
+        self.name, self.dimension, self.distance, self.weight = str(name), dimension, distance, float(weight)
 
     def sample_w(self, n: int, module) -> Tensor:
         """W [n, style_dim] of ``n`` fresh z mapped by the (frozen) mapping."""
@@ -190,7 +194,7 @@ class FlipTask(ExpansionTask):
 
 TASKS: dict[str, type[ExpansionTask]] = {cls.kind: cls for cls in (TextTask, ImageTask, ReconstructionTask,
                                                                    ColorTask, FlipTask)}
-ENTRY_KEYS = ("type", "name", "dimension", "distance")
+ENTRY_KEYS = ("type", "name", "dimension", "distance", "weight")
 
 
 def build_tasks(entries: Sequence[Mapping[str, Any]], shared: Mapping[str, Mapping[str, Any]] | None = None
