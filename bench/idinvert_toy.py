@@ -6,8 +6,8 @@ Steps (each of the first two is skipped when its file is given):
 
 1. the 32 px toy StyleGAN2 with the demo recipe (``configs/demo.yaml``, ``--demo-kimg``) -> ``generator.pt``
    (``--generator`` to reuse one; its D is the realism critic below);
-2. the domain-guided encoder E with ``configs/idinvert/toy.yaml`` (``--encoder-kimg``) -> ``encoder.pt``
-   (``--encoder`` to reuse one);
+2. the domain-guided encoder E with ``configs/idinvert/toy.yaml`` (``--encoder-kimg``, 16 as the config)
+   -> ``encoder.pt`` (``--encoder`` to reuse one);
 3. every method inverts the same real toy faces, which neither G nor E has seen, and is scored.
 
 Methods (``models.inversion`` presets, all with ``--steps`` Adam steps except the encoder):
@@ -64,14 +64,16 @@ Columns of the table:
   extractor, only comparable within this table) against the training faces. Reference rows: real faces
   (``real``: as many fresh faces as midpoints) and midpoints of sampled W codes.
 * ``dom.gap``: ``mean (w - E(G(w)))^2``, the domain term itself (how far the code is from E's image of its
-  own reconstruction);
+  own reconstruction); on the ``sampled W`` row it says whether E's range is the generator's own W;
+* ``W z``: ``sqrt(mean ((w - mean_W) / std_W)^2)`` over layers and dimensions, the distance of the codes
+  from the distribution of sampled W (per dimension, in its standard deviations; sampled W: about 1);
 * ``s/img``: inversion seconds per face (batches of ``--batch``).
 
 Caveats: the toy G, E and D are small and briefly trained; R is linear in pixels, so it reads colours and
 positions better than small parts (its R2 per factor is printed) and is trusted only on renders that look
 like faces; FID on a few hundred images is biased upwards (compare rows, not values); one seed.
 
-    python bench/idinvert_toy.py --out /tmp/idinvert_toy                      # everything (~20 min, 2 cores)
+    python bench/idinvert_toy.py --out /tmp/idinvert_toy        # everything: ~10 min on 2 idle cores
     python bench/idinvert_toy.py --generator RUN/generator.pt --encoder RUN2/encoder.pt --out /tmp/x
     python bench/idinvert_toy.py --n-eval 256 --steps 200 --lambda-doms 0 0.5 2 8 32
 """
@@ -295,6 +297,11 @@ def edit_effects(kit: Toolkit, readers: dict, codes: torch.Tensor, directions: t
     return {"edit": first["edit"], "leak": first["leak"], "readers": result}
 
 
+def domain_gap(kit: Toolkit, codes: torch.Tensor, images: torch.Tensor) -> float:
+    """``mean (w - E(G(w)))^2`` over the codes (the domain term of the inversion objective)."""
+    return float((codes - kit.encode(images)).pow(2).flatten(1).mean(1).mean())
+
+
 def midpoint_pairs(n: int, k_max: int) -> tuple[list[int], list[int]]:
     k_max = min(k_max, max(n // 2, 1))
     a = [i for k in range(1, k_max + 1) for i in range(n)]
@@ -348,6 +355,10 @@ def evaluate(kit: Toolkit, args) -> dict:
         raise SystemExit(f"no factor has reader R2 >= {args.reader_min_r2} and direction R2 >= "
                          f"{args.direction_min_r2}: nothing to edit")
     held_samples = sample_codes[split:split + args.n_eval]  # not used to fit the directions
+    w_mean, w_std = w_samples.mean(0), w_samples.std(0)
+
+    def w_distance(codes: torch.Tensor) -> float:
+        return float(((codes - w_mean) / w_std).pow(2).mean().sqrt())
 
     ref_feats = kit.fid_features(to_unit(dm.images))
     pairs = midpoint_pairs(args.n_eval, args.mid_pairs)
@@ -358,7 +369,9 @@ def evaluate(kit: Toolkit, args) -> dict:
                  "fid_mid": fid_from_features(kit.fid_features(to_unit(fresh_u8)), ref_feats),
                  "d_eval_faces": float(kit.d_logits(eval_x).mean())},
         "sampled W": {**realism(kit, held_samples, midpoint_pairs(len(held_samples), args.mid_pairs), ref_feats),
-                      **edit_effects(kit, readers, held_samples, native_dirs, native_dist, edited)},
+                      **edit_effects(kit, readers, held_samples, native_dirs, native_dist, edited),
+                      "domain_gap": domain_gap(kit, held_samples, kit.render(held_samples)),
+                      "w_z": w_distance(held_samples)},
     }
     log.info("instruments ready in %.0f s; edited factors: %s", time.perf_counter() - t0,
              [FACE_FACTORS[f] for f in edited])
@@ -388,7 +401,7 @@ def evaluate(kit: Toolkit, args) -> dict:
             **realism(kit, codes, pairs, ref_feats),
             "d_recon": float(kit.d_logits(recon).mean()),
             "seconds_per_image": sec_per_image,
-            "domain_gap": float((codes - kit.encode(recon)).pow(2).flatten(1).mean(1).mean()),
+            "domain_gap": domain_gap(kit, codes, recon), "w_z": w_distance(codes),
         }
         rows[name] = row
         log.info("%s: mse %.4f, probe R2 %.3f, edit %.3f, leak %.3f (%.0f s)", name, row["mse"], row["probe_r2"],
@@ -406,15 +419,16 @@ def evaluate(kit: Toolkit, args) -> dict:
 # ---------------------------------------------------------------------------------------------- report
 def table(results: dict) -> str:
     head = (f"{'method':<22} {'MSE':>7} {'PSNR':>6} {'probeR2':>8} {'edit':>6} {'leak':>6} {'edit/leak':>9} "
-            f"{'D(mid)':>7} {'FID(mid)':>9} {'dom.gap':>8} {'s/img':>6}")
+            f"{'D(mid)':>7} {'FID(mid)':>9} {'dom.gap':>8} {'W z':>5} {'s/img':>6}")
     lines = [head, "-" * len(head)]
     for name, r in results["methods"].items():
         lines.append(f"{name:<22} {r['mse']:7.4f} {r['psnr']:6.2f} {r['probe_r2']:8.3f} {r['edit']:6.3f} "
                      f"{r['leak']:6.3f} {r['edit'] / max(r['leak'], 1e-9):9.2f} {r['d_mid']:7.2f} "
-                     f"{r['fid_mid']:9.2f} {r['domain_gap']:8.4f} {r['seconds_per_image']:6.3f}")
+                     f"{r['fid_mid']:9.2f} {r['domain_gap']:8.4f} {r['w_z']:5.2f} {r['seconds_per_image']:6.3f}")
     s = results["reference"]["sampled W"]
     lines.append(f"{'(sampled W)':<22} {'':>7} {'':>6} {'':>8} {s['edit']:6.3f} {s['leak']:6.3f} "
-                 f"{s['edit'] / max(s['leak'], 1e-9):9.2f} {s['d_mid']:7.2f} {s['fid_mid']:9.2f}")
+                 f"{s['edit'] / max(s['leak'], 1e-9):9.2f} {s['d_mid']:7.2f} {s['fid_mid']:9.2f} "
+                 f"{s['domain_gap']:8.4f} {s['w_z']:5.2f}")
     real = results["reference"]["real"]
     lines.append(f"{'(real faces)':<22} {'':>7} {'':>6} {'':>8} {'':>6} {'':>6} {'':>9} {real['d_mid']:7.2f} "
                  f"{real['fid_mid']:9.2f}")
@@ -440,13 +454,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", help="an idinvert encoder.pt for that generator: skips step 2")
     p.add_argument("--demo-kimg", type=float, default=16.0, help="kimg of the demo GAN (16, the demo recipe)")
     p.add_argument("--encoder-kimg", type=float, default=16.0, help="kimg of the encoder (16, toy.yaml)")
-    p.add_argument("--n-eval", type=int, default=64, help="held-out faces inverted and scored (<= 256)")
+    p.add_argument("--n-eval", type=int, default=128, help="held-out faces inverted and scored (<= 256)")
     p.add_argument("--folds", type=int, default=8, help="cross-validation folds of the code probes")
     p.add_argument("--n-reader", type=int, default=2048, help="unseen faces encoded to fit the factor reader")
     p.add_argument("--n-samples", type=int, default=2048, help="sampled W codes for the edit directions")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--lambda-doms", type=float, nargs="+", default=[0.5, 2.0, 8.0],
+    p.add_argument("--lambda-doms", type=float, nargs="+", default=[0.0, 0.5, 2.0, 8.0],
                    help="domain weights of the in-domain rows (0: the from_encoder preset)")
     p.add_argument("--lambda-vgg", type=float, default=0.0,
                    help="perceptual weight of the in-domain rows (0: the stand-in VGG is random)")
