@@ -32,7 +32,7 @@ runs them. On CUDA (when available) every case runs. ``--threads`` sets the CPU 
 
     python bench/idinvert_speed.py                                    # defaults: 64 and 256 px, CPU (+CUDA)
     python bench/idinvert_speed.py --sizes 64 --widths full --iters 5 --inv-steps 20
-    python bench/idinvert_speed.py --sizes 256 --cpu-full-max 256 --devices cpu --json /tmp/speed.json
+    python bench/idinvert_speed.py --sizes 256 --cpu-full-max 256 --devices cpu --json OUT_DIR/speed.json
 """
 from __future__ import annotations
 

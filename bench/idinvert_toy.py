@@ -71,10 +71,11 @@ Columns of the table:
 
 Caveats: the toy G, E and D are small and briefly trained; R is linear in pixels, so it reads colours and
 positions better than small parts (its R2 per factor is printed) and is trusted only on renders that look
-like faces; FID on a few hundred images is biased upwards (compare rows, not values); one seed.
+like faces; E was trained against a D initialised from the checkpoint's D, so ``D(mid)`` may favour images
+from E's range; FID on a few hundred images is biased upwards (compare rows, not values); one seed.
 
-    python bench/idinvert_toy.py --out /tmp/idinvert_toy        # everything: ~10 min on 2 idle cores
-    python bench/idinvert_toy.py --generator RUN/generator.pt --encoder RUN2/encoder.pt --out /tmp/x
+    python bench/idinvert_toy.py --out OUT_DIR                 # everything: ~7 min on 2 idle cores
+    python bench/idinvert_toy.py --generator RUN/generator.pt --encoder RUN2/encoder.pt --out OUT_DIR
     python bench/idinvert_toy.py --n-eval 256 --steps 200 --lambda-doms 0 0.5 2 8 32
 """
 from __future__ import annotations
