@@ -322,13 +322,13 @@ def columns_for(net: Network, args: argparse.Namespace, pair: Network | None) ->
 
 def expansion_table(net: Network):
     """The :class:`models.expansion.ExpansionBasis` and the domain names of a Domain Expansion export."""
-    from models.expansion import ExpansionBasis
+    from models.expansion import ExpansionBasis, expansion_table as read_table
 
-    table = net.extra.get("expansion")
-    if not isinstance(table, dict) or "basis" not in table:
-        raise GenerateError(f"--domain: {net.source} is not an expanded generator (no 'expansion' table; "
-                            f"a Domain Expansion run's generator.pt has one)")
     try:
+        table = read_table(net.extra, net.latent_avg)
+        if table is None:
+            raise GenerateError(f"--domain: {net.source} is not an expanded generator (no 'expansion' table or "
+                                f"official 'latent_basis'; a Domain Expansion run's generator.pt has one)")
         basis = ExpansionBasis.from_state(table)
     except (KeyError, ValueError, TypeError) as err:
         raise GenerateError(f"--domain: {net.source} has a broken expansion table ({err})") from None

@@ -41,7 +41,7 @@ from lightning_modules.expansion_tasks import build_tasks
 from lightning_modules.gan import StyleGAN2Core
 from lightning_modules.nada_setup import DTYPES, build_clip, check_assets, parse_clip_models
 from losses.adversarial import d_logistic_loss, g_nonsaturating_loss
-from models.expansion import ExpansionBasis, assign_dimensions, dormancy, sefa_basis
+from models.expansion import ExpansionBasis, assign_dimensions, dormancy, expansion_table, sefa_basis
 from models.frozen import trainable
 from models.sampler import Sampler, latent_sampler
 
@@ -338,14 +338,16 @@ def _copy_frozen(generator):
 
 
 def _previous_expansion(checkpoint: str | None) -> dict | None:
-    """The expansion table of an expanded parent (our export), or None."""
+    """The expansion table of an expanded parent (our export or an official snapshot), or None."""
     if checkpoint is None:
         return None
     from models import checkpoints
 
-    extra = checkpoints.load(checkpoint, networks=()).extra
-    table = extra.get("expansion")
-    return table if isinstance(table, dict) and "basis" in table else None
+    loaded = checkpoints.load(checkpoint, networks=())
+    try:
+        return expansion_table(loaded.extra, loaded.latent_avg)
+    except ValueError as err:
+        raise ValueError(f"model.generator: {checkpoint} has a broken expansion table ({err})") from None
 
 
 __all__ = ["ExpansionModule"]

@@ -15,16 +15,22 @@ docs/methods/expansion.md).
   index; duplicates and out-of-range indices are errors.
 * :func:`dormancy`: how much a step of ``s`` along a direction changes the images, relative to the spread of
   the generator's samples (a property of the parent generator, reported before repurposing).
+* :func:`expansion_table`: the expansion table of a loaded file: our exports' ``expansion`` entry, or the
+  official Domain Expansion snapshots' ``latent_basis`` / ``repurposed_dims`` / ``subspace_distance`` /
+  ``expansion_cfg`` (NVIDIA pickles read by ``models.checkpoints.load``), with the domains named from the
+  task config.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["style_affine_weights", "sefa_basis", "assign_dimensions", "ExpansionBasis", "dormancy"]
+__all__ = ["style_affine_weights", "sefa_basis", "assign_dimensions", "ExpansionBasis", "dormancy",
+           "expansion_table", "OFFICIAL_KEYS"]
 
 
 def style_affine_weights(generator: nn.Module) -> list[Tensor]:
@@ -141,3 +147,57 @@ def dormancy(generator: nn.Module, basis: Tensor, dims: Sequence[int], distance:
         moved = render(w + distance * basis[:, d].to(w))
         out[int(d)] = float((moved - images).pow(2).flatten(1).sum(1).mean() / spread)
     return out
+
+
+#: the entries an official Domain Expansion snapshot adds to an NVIDIA network pickle
+OFFICIAL_KEYS = ("latent_basis", "repurposed_dims", "subspace_distance")
+
+
+def expansion_table(extra: Mapping[str, Any], latent_avg: Tensor | None = None) -> dict | None:
+    """The expansion table (``basis``, ``dims``, ``distances``, ``w_mean``, ``names``) of a loaded file, or None.
+
+    ``extra`` is ``models.checkpoints.load(...).extra``. Our exports carry the table as ``expansion``. An
+    official snapshot stores ``latent_basis`` [D, D], ``repurposed_dims`` (in task order), one
+    ``subspace_distance`` and the parsed ``expansion_cfg``; its w̄ is the mapping's ``w_avg`` (``latent_avg``,
+    as the official ``generate_aligned.py`` uses). Domains are named after their task: a NADA task by its
+    ``target_text``, a MyStyle task by its ``person_name`` (spaces become ``_``), else ``dim<d>``.
+    Raises ValueError for a table that is present but inconsistent.
+    """
+    table = extra.get("expansion")
+    if isinstance(table, Mapping) and "basis" in table:
+        return dict(table)
+    present = [k for k in OFFICIAL_KEYS if k in extra]
+    if not present:
+        return None
+    if len(present) < len(OFFICIAL_KEYS):
+        missing = sorted(set(OFFICIAL_KEYS) - set(present))
+        raise ValueError(f"an official Domain Expansion snapshot needs {', '.join(OFFICIAL_KEYS)}; {missing} missing")
+    basis = torch.as_tensor(extra["latent_basis"]).float()
+    dims = [int(d) for d in torch.as_tensor(extra["repurposed_dims"]).flatten().tolist()]
+    distance = extra["subspace_distance"]
+    if isinstance(distance, bool) or not isinstance(distance, (int, float, Tensor)):
+        raise ValueError(f"subspace_distance must be a number, got {type(distance).__name__}")
+    if latent_avg is None:
+        raise ValueError("the snapshot's G_ema has no mapping.w_avg (the mean W of its projections)")
+    w_mean = torch.as_tensor(latent_avg).float().reshape(-1)
+    if basis.shape != (w_mean.numel(), w_mean.numel()):
+        raise ValueError(f"latent_basis has shape {tuple(basis.shape)}, the mapping's W has {w_mean.numel()} dimensions")
+    names = _official_names(extra.get("expansion_cfg"), dims)
+    out = {"basis": basis, "dims": dims, "distances": [float(distance)] * len(dims), "w_mean": w_mean, "names": names}
+    ExpansionBasis.from_state(out)  # validates shapes, ranges and duplicates
+    return out
+
+
+def _official_names(cfg: Any, dims: Sequence[int]) -> list[str]:
+    """Domain names from an official ``expansion_cfg`` (its tasks carry their dimension once parsed)."""
+    by_dim: dict[int, str] = {}
+    tasks = cfg.get("tasks", []) if isinstance(cfg, Mapping) else []
+    for task in tasks if isinstance(tasks, (list, tuple)) else []:
+        if not isinstance(task, Mapping) or task.get("dimension") is None:
+            continue
+        args = task.get("args") if isinstance(task.get("args"), Mapping) else {}
+        label = args.get("target_text") or args.get("person_name")
+        if isinstance(label, str) and label.strip():
+            by_dim[int(task["dimension"])] = re.sub(r"\s+", "_", label.strip())
+    names = [by_dim.get(d, f"dim{d}") for d in dims]
+    return [n if names.count(n) == 1 else f"{n}_dim{d}" for n, d in zip(names, dims)]

@@ -159,6 +159,17 @@ def d_init_kwargs(size: int = 32, mbstd_group_size: Any = 8, **overrides: Any) -
     return kw
 
 
+def nvidia_nets(raw: Mapping[str, Any], g_kwargs: dict | None = None, d_kwargs: dict | None = None) -> dict:
+    """``write_nvidia_pickle``'s ``nets`` for a rosinality checkpoint dict (``g``, ``g_ema``, ``d``, ``latent_avg``)."""
+    from models.checkpoint_formats.convert import to_nvidia_state_dict
+
+    g_kwargs = g_kwargs if g_kwargs is not None else g_init_kwargs()
+    d_kwargs = d_kwargs if d_kwargs is not None else d_init_kwargs()
+    return {"G": ("Generator", to_nvidia_state_dict(raw["g"], "G", raw["latent_avg"]), g_kwargs),
+            "G_ema": ("Generator", to_nvidia_state_dict(raw["g_ema"], "G", raw["latent_avg"]), g_kwargs),
+            "D": ("Discriminator", to_nvidia_state_dict(raw["d"], "D"), d_kwargs)}
+
+
 def write_nvidia_pickle(path: Path, nets: Mapping[str, tuple[str, Mapping[str, torch.Tensor], dict]],
                         module_src: str = "raise RuntimeError('module_src executed')", protocol: int = 4,
                         **extra: Any) -> Path:

@@ -12,7 +12,7 @@ import torch
 from models import checkpoints
 from models.checkpoints import (CheckpointError, StyleGANConfig, UnsafeCheckpointError, UnsupportedModelError,
                                 from_nvidia_state_dict, load, read, save, to_nvidia_state_dict)
-from tests.helpers_checkpoints import (FIXTURES, d_init_kwargs, fixture_checkpoint, fixture_reference, g_init_kwargs,
+from tests.helpers_checkpoints import (FIXTURES, d_init_kwargs, nvidia_nets, fixture_checkpoint, fixture_reference, g_init_kwargs,
                                        random_rosinality_sd, rosinality_shapes, write_nvidia_pickle, write_tf_pickle)
 
 FIXTURE = FIXTURES / "rosinality_tiny.pt"
@@ -208,14 +208,6 @@ def test_prefixed_state_dict_explains_itself(tmp_path, raw):
 
 
 # ------------------------------------------------------------------------------------------ NVIDIA pickles
-
-def nvidia_nets(raw, g_kwargs=None, d_kwargs=None):
-    g_kwargs = g_kwargs if g_kwargs is not None else g_init_kwargs()
-    d_kwargs = d_kwargs if d_kwargs is not None else d_init_kwargs()
-    return {"G": ("Generator", to_nvidia_state_dict(raw["g"], "G", raw["latent_avg"]), g_kwargs),
-            "G_ema": ("Generator", to_nvidia_state_dict(raw["g_ema"], "G", raw["latent_avg"]), g_kwargs),
-            "D": ("Discriminator", to_nvidia_state_dict(raw["d"], "D"), d_kwargs)}
-
 
 def test_nvidia_pickle_loads_without_dnnlib_and_matches(tmp_path, raw, ref):
     marker = tmp_path / "module_src_ran"

@@ -206,3 +206,79 @@ def test_ddp_ranks_end_with_identical_parameters(parent, tmp_path):
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
+
+
+# ---------------------------------------------------------------------------------------------- official snapshots
+def official_snapshot(path, raw, basis, dims, cfg=None, **overrides):
+    """An NVIDIA pickle laid out like the official Domain Expansion snapshots (``network-snapshot-*.pkl``)."""
+    from tests.helpers_checkpoints import nvidia_nets, write_nvidia_pickle
+
+    extra = dict(latent_basis=basis, repurposed_dims=torch.IntTensor(dims), subspace_distance=20,
+                 training_set_kwargs={"path": "ffhq.zip"}, expansion_cfg=cfg)
+    extra.update(overrides)
+    return write_nvidia_pickle(path, nvidia_nets(raw), **{k: v for k, v in extra.items() if v is not None})
+
+
+def test_official_snapshot_loads_with_its_domains_by_name(tmp_path, capsys):
+    from launch.generate import main
+    from models.expansion import expansion_table
+    from models.sampler import seeded_normal
+    from tests.helpers_checkpoints import fixture_checkpoint
+
+    raw = fixture_checkpoint()
+    dim = raw["latent_avg"].numel()
+    V = torch.linalg.qr(torch.randn(dim, dim, generator=torch.Generator().manual_seed(1)))[0]
+    cfg = {"tasks": [{"type": "NADA", "dimension": dim - 2, "args": {"source_text": "photo", "target_text": "sketch"}},
+                     {"type": "NADA", "dimension": dim - 1,
+                      "args": {"source_text": "person", "target_text": "tolkien elf"}},
+                     {"type": "MyStyle", "dimension": 3, "args": {"person_name": "obama", "images_dir": ""}}],
+           "tasks_losses": {"NADA": {"clip_models": ["ViT-B/32"], "clip_model_weights": [1.0]}}}
+    path = official_snapshot(tmp_path / "network-snapshot-000100.pkl", raw, V, [dim - 2, dim - 1, 3], cfg)
+    loaded = checkpoints.load(path)
+    table = expansion_table(loaded.extra, loaded.latent_avg)
+    assert table["names"] == ["sketch", "tolkien_elf", "obama"] and table["dims"] == [dim - 2, dim - 1, 3]
+    assert table["distances"] == [20.0] * 3 and torch.equal(table["basis"], V)
+    assert torch.equal(table["w_mean"], raw["latent_avg"].reshape(-1))  # G_ema.mapping.w_avg, as the official code
+    # generate.py renders a domain by name: G_ema(base(w) + s v_d) with constant noise, as generate_aligned.py
+    assert main(["--network", str(path), "--seeds", "0", "--domain", "tolkien_elf", "--outdir", str(tmp_path / "o")]) == 0
+    import numpy as np
+    from PIL import Image
+
+    out = np.asarray(Image.open(tmp_path / "o" / "seed0000.png"))
+    basis = ExpansionBasis.from_state(table)
+    g = loaded.g_ema
+    with torch.no_grad():
+        w = g.style(seeded_normal([0], 0, dim))[:, None].repeat(1, g.n_latent, 1)
+        img = g.synthesis(basis.edit(w, 1), noise_mode="const")
+    expected = ((img.clamp(-1, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)[0].permute(1, 2, 0).numpy()
+    assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1
+    # a further expansion of it keeps the official basis and its domains
+    staged = ExpansionModule(generator=str(path), tasks=[{"type": "flip", "name": "mirror"}], distance=5.0,
+                             replay_lpips_weights="random", adversarial=False, gan={"pl_weight": 0.0})
+    assert torch.equal(staged.basis, V) and staged.dims == [dim - 2, dim - 1, 3, dim - 3]
+    assert staged.domain_names() == ["sketch", "tolkien_elf", "obama", "mirror"]
+    assert staged.distances[:3] == [20.0] * 3
+
+
+def test_broken_official_snapshots_are_clear_errors(tmp_path):
+    from models.expansion import expansion_table
+    from tests.helpers_checkpoints import fixture_checkpoint
+
+    raw = fixture_checkpoint()
+    dim = raw["latent_avg"].numel()
+    V = torch.eye(dim)
+    no_cfg = checkpoints.load(official_snapshot(tmp_path / "a.pkl", raw, V, [dim - 1, dim - 2]), networks=())
+    assert expansion_table(no_cfg.extra, no_cfg.latent_avg)["names"] == [f"dim{dim - 1}", f"dim{dim - 2}"]
+    cases = {"wide.pkl": (torch.eye(dim + 1), [0], "square|style_dim|shape"),
+             "range.pkl": (V, [dim], "out of range"),
+             "dup.pkl": (V, [1, 1], "more than one")}
+    for name, (basis, dims, match) in cases.items():
+        loaded = checkpoints.load(official_snapshot(tmp_path / name, raw, basis, dims), networks=())
+        with pytest.raises(ValueError, match=match):
+            expansion_table(loaded.extra, loaded.latent_avg)
+    partial = checkpoints.load(official_snapshot(tmp_path / "p.pkl", raw, V, [1], subspace_distance=None),
+                               networks=())
+    with pytest.raises(ValueError, match="missing"):
+        expansion_table(partial.extra, partial.latent_avg)
+    with pytest.raises(ValueError, match="broken expansion table"):
+        ExpansionModule(generator=str(tmp_path / "dup.pkl"), tasks=[{"type": "flip"}], replay_lpips_weights="random")
