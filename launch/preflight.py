@@ -166,10 +166,12 @@ def _strings(value: Any, key: str) -> Iterable[tuple[str, str]]:
             yield from _strings(v, f"{key}[{i}]")
 
 
-def model_asset_problems(model: Mapping[str, Any], params: Iterable[str] = ()) -> list[str]:
+def model_asset_problems(model: Mapping[str, Any], params: Iterable[str] = (),
+                         needs_clip: Any = None) -> list[str]:
     """Pretrained files the method's config names: the generator checkpoint, CLIP weights (also the
-    default ones of a method taking ``clip_models`` when the config sets none), and any value that is a
-    registered asset name. ``params``: the method's constructor keys, when known."""
+    default ones of a method taking ``clip_models`` when the config sets none, unless the method's
+    ``needs_clip(model)`` says this config uses no CLIP), and any value that is a registered asset name.
+    ``params``: the method's constructor keys, when known."""
     from models import assets
 
     problems: list[str] = []
@@ -186,7 +188,7 @@ def model_asset_problems(model: Mapping[str, Any], params: Iterable[str] = ()) -
     checkpoint = generator if isinstance(generator, str) else (
         generator.get("checkpoint") if isinstance(generator, Mapping) else None)
     check("model.generator.checkpoint" if isinstance(generator, Mapping) else "model.generator", checkpoint)
-    if "clip_models" in model or "clip_models" in params:
+    if ("clip_models" in model or "clip_models" in params) and (needs_clip is None or needs_clip(model)):
         problems += _clip_problems(model.get("clip_models"), check)
     skip = ("generator", "clip_models", *OPTIONAL_ASSET_KEYS)
     for key, value in _strings({k: v for k, v in model.items() if k not in skip}, "model"):
@@ -267,7 +269,8 @@ def preflight(config: Mapping[str, Any], plan: Plan | None, ckpt: Path | None) -
     if isinstance(config.get("model"), Mapping):
         from launch.schema import constructor_params
         params = [p.name for p in constructor_params(plan.method_cls)[0]] if plan is not None else []
-        problems += model_asset_problems(config["model"], params)
+        needs_clip = getattr(plan.method_cls, "needs_clip", None) if plan is not None else None
+        problems += model_asset_problems(config["model"], params, needs_clip)
     if isinstance(config.get("data"), Mapping):
         problems += data_problems(config["data"], plan.datamodule_cls if plan is not None else None)
     if plan is not None:

@@ -15,7 +15,8 @@ One iteration (the official phase order; G's mapping is frozen, only the synthes
     G_adv     softplus(-D(G(base(w))))                                 fresh z, no mixing
     G_reg     path length every pl_interval (mixed latents, not projected)
     D_main    softplus(D(G(base(w)))) + softplus(-D(x))               the source data
-    D_reg     lazy R1 every r1_interval
+              + each few-shot adversarial task's own head: its edit fakes vs its target images
+    D_reg     lazy R1 every r1_interval (and of each task head at its targets)
     G_ema     EMA of G (10 kimg)
 
 Samplers: ``base`` and ``domain/<name>`` render the same z (aligned across domains) with G_ema and stored
@@ -95,6 +96,8 @@ class ExpansionModule(StyleGAN2Core):
         g, d, g_ema = spec.gan()
         self.set_networks(g, d, g_ema)
         self.hold("g_frozen", _copy_frozen(g))  # the parent's G: replay target of the base subspace
+        for task in self.tasks:
+            task.attach(self)
         self.clips = torch.nn.ModuleList([build_clip(e, "reference", DTYPES[clip_dtype]) for e in entries])
         self.clip_weights = [e["weight"] for e in entries]
         self.lambda_expand, self.lambda_replay_l2 = float(lambda_expand), float(lambda_replay_l2)
@@ -128,6 +131,12 @@ class ExpansionModule(StyleGAN2Core):
         self.register_buffer("w_mean", w_mean.reshape(-1).clone())
         self.dims, self.distances = [*old_dims, *dims], [*old_s, *distances]
         self.dormancy: dict[int, float] = {}
+
+    @staticmethod
+    def needs_clip(model: Mapping[str, Any]) -> bool:
+        """Whether a ``model`` config needs CLIP weights: only text and image tasks use CLIP."""
+        tasks = model.get("tasks") or []
+        return any(isinstance(t, Mapping) and t.get("type") in ("text", "image") for t in tasks)
 
     def dormancy_report(self, n: int = 16) -> dict[int, float]:
         """How dormant each new direction is for this parent: the image change of a step of its ``s``
@@ -253,29 +262,58 @@ class ExpansionModule(StyleGAN2Core):
         loss = g_nonsaturating_loss(self.discriminate(self.base_fakes(real.shape[0])).float())
         return loss, {"loss/G_main": loss}
 
-    def discriminator_loss(self, real: Tensor, fake: Tensor) -> tuple[Tensor, dict]:
-        real_logits, fake_logits = self.discriminate(real), self.discriminate(fake)
-        loss = d_logistic_loss(real_logits.float(), fake_logits.float())
-        return loss, {"loss/D_main": loss, "D/real_logits": real_logits.float().mean(),
-                      "D/fake_logits": fake_logits.float().mean()}
+    def discriminator_loss(self, real: Tensor, fake: Tensor | None) -> tuple[Tensor, dict]:
+        """D_main: the source term (base fakes vs the data; with ``adversarial``) plus the tasks' own D terms."""
+        loss, logs = real.new_zeros((), dtype=torch.float32), {}
+        if fake is not None:
+            real_logits, fake_logits = self.discriminate(real), self.discriminate(fake)
+            loss = d_logistic_loss(real_logits.float(), fake_logits.float())
+            logs = {"D/real_logits": real_logits.float().mean(), "D/fake_logits": fake_logits.float().mean()}
+        return self._with_task_terms("discriminator_loss", loss, logs, "loss/D_main")
+
+    def discriminator_reg(self, real: Tensor) -> tuple[Tensor, dict]:
+        """D_reg: lazy R1 of D (with ``adversarial``) plus the tasks' own R1 terms."""
+        loss, logs = (super().discriminator_reg(real) if self.adversarial
+                      else (real.new_zeros((), dtype=torch.float32), {}))
+        return self._with_task_terms("discriminator_reg", loss, logs, "loss/D_reg")
+
+    def _with_task_terms(self, hook: str, loss: Tensor, logs: dict, key: str) -> tuple[Tensor, dict]:
+        for task in self.tasks:
+            term = getattr(task, hook)(self)
+            if term is not None:
+                loss = loss + term[0]
+                logs.update(term[1])
+        logs[key] = loss
+        return loss, logs
+
+    def task_heads(self) -> list[torch.nn.Module]:
+        """The discriminator heads of the tasks that have one (trained with D)."""
+        return [t.head for t in self.tasks if getattr(t, "head", None) is not None]
+
+    def domain_index(self, name: str) -> int:
+        """The position of domain ``name`` in :attr:`dims` (earlier domains first)."""
+        return self.domain_names().index(name)
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         real = self.prepare_batch(batch)
         opt_g, opt_d = self.optimizers()
         self.reseed()
         logs: dict[str, Tensor] = {}
-        with trainable(self.synthesis_modules(), [self.discriminator, self.generator.style]):
+        discriminators = [self.discriminator, *self.task_heads()]
+        with trainable(self.synthesis_modules(), [*discriminators, self.generator.style]):
             self.step(opt_g, "G_expand", self.expansion_loss, logs, real.shape[0])
             if self.adversarial:
                 self.step(opt_g, "G_main", self.generator_adversarial, logs, real)
         if self.pl_due():  # path lengths differentiate through W: the mapping computes gradients, never steps
-            with trainable([self.generator], [self.discriminator]):
+            with trainable([self.generator], discriminators):
                 self.step(opt_g, "G_reg", self.generator_reg, logs, real)
             self.generator.style.zero_grad(set_to_none=True)
-        if self.adversarial:
-            with trainable([self.discriminator], [self.generator]):
-                with torch.no_grad():
-                    fake = self.base_fakes(real.shape[0])
+        if self.adversarial or self.task_heads():
+            with trainable(discriminators, [self.generator]):
+                fake = None
+                if self.adversarial:
+                    with torch.no_grad():
+                        fake = self.base_fakes(real.shape[0])
                 self.step(opt_d, "D_main", self.discriminator_loss, logs, real, fake)
                 if self.r1_due():
                     self.step(opt_d, "D_reg", self.discriminator_reg, logs, real)
@@ -288,7 +326,8 @@ class ExpansionModule(StyleGAN2Core):
     def configure_optimizers(self):
         synthesis = [p for m in self.synthesis_modules() for p in m.parameters()]
         opt_g = torch.optim.Adam(synthesis, **self.g_opt_kwargs)
-        opt_d = torch.optim.Adam(self.discriminator.parameters(), **self.d_opt_kwargs)
+        heads = [p for head in self.task_heads() for p in head.parameters()]
+        opt_d = torch.optim.Adam([*self.discriminator.parameters(), *heads], **self.d_opt_kwargs)
         return [opt_g, opt_d]
 
     # ------------------------------------------------------------------------------ state

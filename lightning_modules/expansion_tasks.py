@@ -14,6 +14,15 @@ Every entry may set ``dimension``, ``distance`` and ``weight``. Types (``type`` 
 * ``reconstruction`` (MyStyle): ``Σ_i LPIPS(x_edit_i, y_i) + l2_weight · mean (x_edit_i - y_i)^2`` for a person's
   aligned ``images`` and their W ``anchors`` (``<stem>.pt`` files of ``[style_dim]``, or ``[1, n_latent,
   style_dim]`` with equal rows).
+* ``adversarial`` (few-shot): a domain from a small set of ``images`` (e.g. 10) instead of a text. The task
+  has a discriminator head of its own, ``h_d`` (D's last conv and linear layers, without minibatch stddev),
+  on the shared trunk of D (its residual blocks); with DiffAugment ``T`` (``augment``) on everything it sees::
+
+      G (in G_expand):   Σ_i softplus(-h_d(T(x_edit_i)))
+      D (in D_main):     mean softplus(h_d(T(G(edit_d(w))))) + mean softplus(-h_d(T(y)))   fresh w, ``batch`` each
+      D_reg:             lazy R1 of h_d at the target images y
+
+  The images are resized to the generator's resolution.
 * ``color`` / ``flip``: small differentiable toy tasks for offline runs and tests: move the mean colour of the
   edited images to ``color``; make the edited image the mirror of the base image.
 
@@ -28,10 +37,11 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from losses.adversarial import d_logistic_loss
 from losses.clip import directional_loss, image_guided_direction
 
-__all__ = ["ExpansionTask", "TextTask", "ImageTask", "ReconstructionTask", "ColorTask", "FlipTask", "TASKS",
-           "build_tasks"]
+__all__ = ["ExpansionTask", "TextTask", "ImageTask", "ReconstructionTask", "AdversarialTask", "ColorTask",
+           "FlipTask", "TASKS", "build_tasks"]
 
 
 class ExpansionTask(nn.Module):
@@ -56,6 +66,17 @@ class ExpansionTask(nn.Module):
 
     def loss(self, x_base: Tensor, x_edit: Tensor, rows: Tensor, module) -> Tensor:
         raise NotImplementedError
+
+    def attach(self, module) -> None:
+        """Called once the module holds its networks (a task that builds modules of its own does it here)."""
+
+    def discriminator_loss(self, module) -> tuple[Tensor, dict] | None:
+        """A term of the D_main phase (None: the task trains no discriminator)."""
+        return None
+
+    def discriminator_reg(self, module) -> tuple[Tensor, dict] | None:
+        """A term of the D_reg phase (None: none)."""
+        return None
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, dimension={self.dimension}, distance={self.distance}"
@@ -109,18 +130,38 @@ class ImageTask(_CLIPDirectionTask):
         return self._directions[key]
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def _image_files(folder: str, name: str) -> list[Path]:
+    path = Path(folder)
+    if not path.is_dir():
+        raise FileNotFoundError(f"task {name!r}: folder {path} does not exist")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"task {name!r}: no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+    return files
+
+
+def _read_image(path: Path, name: str) -> Tensor:
+    """[3, H, W] in [-1, 1]; an unreadable file is a clear error naming it."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.float32)
+    except (OSError, UnidentifiedImageError) as err:
+        raise ValueError(f"task {name!r}: cannot read image {path} ({err})") from None
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1) / 127.5 - 1.0
+
+
 def _load_person(images: str, anchors: str, name: str) -> tuple[Tensor, Tensor]:
     """Images [N, 3, H, W] in [-1, 1] and W anchors [N, D], matched by file stem."""
-    import numpy as np
-    from PIL import Image
-
-    image_dir, anchor_dir = Path(images), Path(anchors)
-    for path in (image_dir, anchor_dir):
-        if not path.is_dir():
-            raise FileNotFoundError(f"task {name!r}: folder {path} does not exist")
-    files = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
-    if not files:
-        raise ValueError(f"task {name!r}: no images in {image_dir}")
+    anchor_dir = Path(anchors)
+    if not anchor_dir.is_dir():
+        raise FileNotFoundError(f"task {name!r}: folder {anchor_dir} does not exist")
+    files = _image_files(images, name)
     pics, codes = [], []
     for f in files:
         anchor = anchor_dir / f"{f.stem}.pt"
@@ -135,9 +176,7 @@ def _load_person(images: str, anchors: str, name: str) -> tuple[Tensor, Tensor]:
                                  f"is needed")
             code = code[0]
         codes.append(code.reshape(-1))
-        with Image.open(f) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.float32)
-        pics.append(torch.from_numpy(arr.copy()).permute(2, 0, 1) / 127.5 - 1.0)
+        pics.append(_read_image(f, name))
     return torch.stack(pics), torch.stack(codes)
 
 
@@ -170,6 +209,73 @@ class ReconstructionTask(ExpansionTask):
         return perceptual + self.l2_weight * l2
 
 
+class AdversarialTask(ExpansionTask):
+    """Few-shot: the target ``images`` and a discriminator head of the task's own on D's trunk."""
+
+    kind = "adversarial"
+
+    def __init__(self, name: str, images: str, augment: str | None = "color,translation,cutout", batch: int = 4,
+                 **kw: Any):
+        super().__init__(name, **kw)
+        from models.diffaugment import DiffAugment
+
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"task {name!r}: batch must be a positive integer, got {batch!r}")
+        self.files = _image_files(images, name)
+        self.batch = batch
+        self.diffaugment = DiffAugment(augment or "")
+        self.head: nn.Module | None = None
+
+    def attach(self, module) -> None:
+        """Builds the head after D's last blocks and loads the images at the generator's resolution."""
+        import torch.nn.functional as F
+
+        from models.stylegan2_layers import ConvLayer, EqualLinear
+
+        import zlib
+
+        d = module.discriminator
+        channels = d.channels[4]
+        with torch.random.fork_rng(devices=[]):  # the same initial head in every run of this config
+            torch.manual_seed(zlib.crc32(f"{module.seed or 0}/{self.name}".encode()))
+            self.head = nn.Sequential(ConvLayer(channels, channels, 3, conv_clamp=d.conv_clamp), nn.Flatten(),
+                                      EqualLinear(channels * 16, channels, activation="fused_lrelu"),
+                                      EqualLinear(channels, 1))
+        size = int(module.generator.size)
+        pics = []
+        for f in self.files:
+            x = _read_image(f, self.name)[None]
+            if x.shape[-2:] != (size, size):
+                x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            pics.append(x[0].clamp(-1, 1))
+        self.register_buffer("images", torch.stack(pics), persistent=False)
+
+    def logits(self, x: Tensor, module) -> Tensor:
+        """h_d(trunk(T(x))) [B, 1]."""
+        return self.head(module.discriminator.convs(self.diffaugment(x, generator=module.rng)))
+
+    def targets(self, module) -> Tensor:
+        rows = torch.randint(len(self.images), (self.batch,), generator=module.rng, device=module.device)
+        return self.images.to(module.device)[rows]
+
+    def loss(self, x_base: Tensor, x_edit: Tensor, rows: Tensor, module) -> Tensor:
+        return torch.nn.functional.softplus(-self.logits(x_edit, module).float()).sum()
+
+    def discriminator_loss(self, module) -> tuple[Tensor, dict]:
+        with torch.no_grad():
+            index = module.domain_index(self.name)
+            w = self.sample_w(self.batch, module)
+            fake = module.synth(module.generator, module.basis_state.edit(w, index))
+        real_logits, fake_logits = self.logits(self.targets(module), module), self.logits(fake, module)
+        loss = d_logistic_loss(real_logits.float(), fake_logits.float())
+        return loss, {f"loss/D_{self.name}": loss, f"D/{self.name}_real_logits": real_logits.float().mean(),
+                      f"D/{self.name}_fake_logits": fake_logits.float().mean()}
+
+    def discriminator_reg(self, module) -> tuple[Tensor, dict]:
+        loss, logs = module.lazy_r1(lambda x: self.logits(x, module), self.targets(module))
+        return loss, {f"loss/D_reg_{self.name}": loss, f"reg/r1_penalty_{self.name}": logs["reg/r1_penalty"]}
+
+
 class ColorTask(ExpansionTask):
     """Toy: ``Σ_i mean_c (mean_hw x_edit_i - color)^2`` (``color`` in [-1, 1] RGB)."""
 
@@ -193,7 +299,7 @@ class FlipTask(ExpansionTask):
 
 
 TASKS: dict[str, type[ExpansionTask]] = {cls.kind: cls for cls in (TextTask, ImageTask, ReconstructionTask,
-                                                                   ColorTask, FlipTask)}
+                                                                   AdversarialTask, ColorTask, FlipTask)}
 ENTRY_KEYS = ("type", "name", "dimension", "distance", "weight")
 
 

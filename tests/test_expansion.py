@@ -183,23 +183,30 @@ def test_samplers_export_and_staged_expansion(parent, tmp_path):
                         replay_lpips_weights="random")
 
 
-def test_resume_reproduces_the_uninterrupted_run(parent, tmp_path):
-    full = tiny(parent)
+@pytest.mark.parametrize("fewshot", [False, True], ids=["toy-tasks", "with-adversarial-task"])
+def test_resume_reproduces_the_uninterrupted_run(parent, target_images, tmp_path, fewshot):
+    def build():
+        return adversarial_module(parent, target_images, gan={"pl_weight": 0.0, "r1_interval": 2}) if fewshot \
+            else tiny(parent)
+
+    full = build()
     trainer(max_epochs=2).fit(full, RandomImages(n=8, batch_size=4))
-    first = tiny(parent)
+    first = build()
     t1 = trainer(max_epochs=1)
     t1.fit(first, RandomImages(n=8, batch_size=4))
     t1.save_checkpoint(tmp_path / "half.ckpt")
     torch.manual_seed(5)
-    resumed = tiny(parent)
+    resumed = build()
     trainer(max_epochs=2).fit(resumed, RandomImages(n=8, batch_size=4), ckpt_path=tmp_path / "half.ckpt")
     assert resumed.iteration == full.iteration == 4
     for key, value in full.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
 
 
-def test_ddp_ranks_end_with_identical_parameters(parent, tmp_path):
-    module = tiny(parent, gan={"pl_weight": 2.0, "pl_interval": 2, "r1_interval": 2, "mixing_prob": 0.0})
+def test_ddp_ranks_end_with_identical_parameters(parent, target_images, tmp_path):
+    fewshot = {"type": "adversarial", "name": "fewshot", "images": str(target_images), "batch": 2}
+    module = tiny(parent, tasks=[fewshot, *TASKS],
+                  gan={"pl_weight": 2.0, "pl_interval": 2, "r1_interval": 2, "mixing_prob": 0.0})
     t = trainer(devices=2, strategy="ddp_fork_find_unused_parameters_true", max_epochs=1,
                 callbacks=[SaveState(tmp_path)])
     t.fit(module, RandomImages(n=8, batch_size=2))
@@ -282,3 +289,84 @@ def test_broken_official_snapshots_are_clear_errors(tmp_path):
         expansion_table(partial.extra, partial.latent_avg)
     with pytest.raises(ValueError, match="broken expansion table"):
         ExpansionModule(generator=str(tmp_path / "dup.pkl"), tasks=[{"type": "flip"}], replay_lpips_weights="random")
+
+
+# ---------------------------------------------------------------------------------------------- few-shot task
+@pytest.fixture(scope="module")
+def target_images(tmp_path_factory):
+    """Four reddish 20 px images (resized to the generator's 16 px by the task)."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("targets")
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        arr = rng.integers(0, 80, (20, 20, 3)).astype(np.uint8)
+        arr[..., 0] = 200 + i * 10
+        Image.fromarray(arr).save(folder / f"t{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def adversarial_module(parent, folder, **kwargs):
+    task = {"type": "adversarial", "name": "fewshot", "images": str(folder), "augment": None, "batch": 2}
+    return tiny(parent, tasks=[task, TASKS[1]], **kwargs)
+
+
+def test_adversarial_task_losses_follow_their_formulas(parent, target_images):
+    import torch.nn.functional as F
+
+    from losses.adversarial import d_logistic_loss
+
+    module = adversarial_module(parent, target_images)
+    task = module.tasks[0]
+    assert task.images.shape == (4, 3, 16, 16) and [f.name for f in task.files] == [f"t{i}.png" for i in range(4)]
+    head_ids = {id(p) for p in task.head.parameters()}
+    assert head_ids <= {id(p) for g in module.configure_optimizers()[1].param_groups for p in g["params"]}
+    module.reseed()
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    expected = F.softplus(-task.head(module.discriminator.convs(x))).sum()
+    torch.testing.assert_close(task.loss(x, x, torch.arange(3), module), expected)
+    # D side: its edit fakes (fresh w, this task's direction) vs its target images, replayed from the same RNG
+    state = module.rng.get_state()
+    loss, logs = task.discriminator_loss(module)
+    module.rng.set_state(state)
+    with torch.no_grad():
+        w = task.sample_w(2, module)
+        fake = module.synth(module.generator, module.basis_state.edit(w, 0))
+    rows = torch.randint(4, (2,), generator=module.rng)
+    real_logits = task.head(module.discriminator.convs(task.images[rows]))
+    fake_logits = task.head(module.discriminator.convs(fake))
+    torch.testing.assert_close(loss, d_logistic_loss(real_logits, fake_logits))
+    assert set(logs) == {"loss/D_fewshot", "D/fewshot_real_logits", "D/fewshot_fake_logits"}
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        adversarial_module(parent, target_images / "missing")
+
+
+def test_adversarial_task_trains_its_head_with_d(parent, target_images, tmp_path):
+    module = adversarial_module(parent, target_images, adversarial=False, total_kimg=0.008,
+                                gan={"pl_weight": 0.0, "mixing_prob": 0.0, "r1_interval": 2})
+    head0 = [p.detach().clone() for p in module.tasks[0].head.parameters()]
+    trunk0 = [p.detach().clone() for p in module.discriminator.convs.parameters()]
+    final0 = [p.detach().clone() for p in module.discriminator.final_linear.parameters()]
+    trainer(default_root_dir=tmp_path).fit(module, RandomImages(n=8, batch_size=4))
+    assert module.iteration == 2
+    assert all(not torch.equal(a, b) for a, b in zip(head0, module.tasks[0].head.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(trunk0, module.discriminator.convs.parameters()))
+    # without the source adversarial phases D's own head is never used
+    assert all(torch.equal(a, b) for a, b in zip(final0, module.discriminator.final_linear.parameters()))
+    restored = adversarial_module(parent, target_images, adversarial=False)
+    restored.load_state_dict(module.state_dict())
+    for a, b in zip(restored.tasks[0].head.parameters(), module.tasks[0].head.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_preflight_asks_for_clip_only_with_text_or_image_tasks(monkeypatch, tmp_path):
+    from launch.preflight import model_asset_problems
+
+    monkeypatch.setenv("STYLESHIFT_CACHE", str(tmp_path))  # an empty cache: every asset is missing
+    params = ["generator", "tasks", "clip_models"]
+    fewshot = {"tasks": [{"type": "adversarial", "images": "x"}], "clip_models": None}
+    text = {"tasks": [{"type": "text", "target_text": "sketch"}], "clip_models": None}
+    assert not model_asset_problems(fewshot, params, ExpansionModule.needs_clip)
+    assert any("clip_models[0]" in p for p in model_asset_problems(text, params, ExpansionModule.needs_clip))
