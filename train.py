@@ -1,4 +1,4 @@
-"""Launch a StyleShift experiment: ``python train.py CONFIG [key=value ...] [--dry-run] [--reuse-dir]``.
+"""Launch a StyleShift experiment: ``python train.py CONFIG [key=value ...] [--dry-run] [--reuse-dir] [--multirun]``.
 
 docs/architecture.md, "Run directories". ``CONFIG`` is merged over ``configs/base.yaml``; ``key=value``
 overrides use dotted keys (``trainer.max_steps=100 model.gan.g_lr=0.001``). Before anything starts, the
@@ -78,6 +78,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reuse-dir", action="store_true",
                         help="start a fresh fit in an output_dir that holds an earlier run (its files are "
                              "moved to <output_dir>/previous-<time>/)")
+    parser.add_argument("--multirun", "-m", action="store_true",
+                        help="sweep: run every combination of the overrides with comma-separated values "
+                             "(key=a,b) into sibling run directories, then write sweep.csv; the same command "
+                             "again skips finished runs and resumes unfinished ones")
     parser.add_argument("--debug", action="store_true",
                         help=f"show tracebacks for every error (also: {DEBUG_ENV}=1)")
     return parser.parse_args(args)
@@ -130,6 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     from launch.run import execute, prepare
 
     try:
+        if args.multirun:
+            if args.reuse_dir:
+                from launch.errors import ConfigError
+                raise ConfigError("--reuse-dir does not apply to --multirun (a sweep resumes or restarts each run "
+                                  "itself); give the sweep another output_dir to start over")
+            from launch.sweep import run_sweep
+            return run_sweep(args.config, args.overrides, dry_run=args.dry_run)
         prepared = prepare(compose(args.config, args.overrides), preflight=True, reuse_dir=args.reuse_dir)
         if args.dry_run:
             print(to_yaml(prepared.config), end="")

@@ -3,4 +3,5 @@
 CALLBACKS = {
     "samples": "callbacks.samples:SampleGridCallback",
     "metrics": "callbacks.metrics:MetricsCallback",
+    "progress": "callbacks.progress:KimgProgressBar",
 }

@@ -212,10 +212,19 @@ def build_wandb_logger(settings: Mapping[str, Any], run_dir: Path, run_name: str
     kwargs: dict[str, Any] = dict(
         name=settings.get("name") or run_name, project=settings.get("project") or "styleshift",
         entity=settings.get("entity"), tags=list(settings.get("tags") or []), save_dir=str(save_dir),
-        offline=mode == "offline", job_type=job_type, mode=mode)
+        offline=mode == "offline", job_type=job_type, mode=mode, settings=wandb_settings())
     if run_id is not None:
         kwargs.update(id=run_id, resume="allow")
     return KimgWandbLogger(**kwargs)
+
+
+def wandb_settings() -> Any:
+    """W&B settings of every run: ``console="off"``, so the console (the progress bar's carriage-return
+    redraws, the log lines) is not captured into the run's ``output.log``; the metrics and the config are
+    logged as values, and the run directory's ``metrics.jsonl`` holds everything."""
+    import wandb
+
+    return wandb.Settings(console="off")
 
 
 def finish_wandb(exit_code: int = 0) -> None:

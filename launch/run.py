@@ -77,18 +77,28 @@ def prepare(cfg: DictConfig, registries: Registries | None = None, *, preflight:
         problems += err.problems
     invalid = bool(problems)
     ckpt = run_dir = None
+    output_dir = config.get("output_dir")
+    if config.get("ckpt_path") == "auto" and output_dir is None:
+        try:  # auto needs the directory first: the derived one of a torchrun/SLURM launch
+            output_dir = str(resolve_run_dir(None, str(config.get("experiment")), None, new=False))
+        except ConfigError as err:
+            if not preflight:
+                raise
+            problems += err.problems
     try:
-        ckpt = resolve_ckpt_path(config.get("ckpt_path"), config.get("output_dir"))
+        ckpt = resolve_ckpt_path(config.get("ckpt_path"), output_dir)
     except ConfigError as err:
         if not preflight:
             raise
         problems += err.problems
     try:
-        run_dir = resolve_run_dir(config.get("output_dir"), str(config.get("experiment")), ckpt)
+        run_dir = resolve_run_dir(output_dir, str(config.get("experiment")), ckpt)
     except ConfigError as err:
         if not preflight:
             raise
         problems += err.problems
+    if config.get("ckpt_path") == "auto" and ckpt is None:
+        reuse_dir = True  # nothing to resume yet: start (over); files of a launch without a checkpoint move aside
     if plan is not None:
         strategy = choose_strategy(plan.trainer_kwargs)
         if strategy is not None:
@@ -97,10 +107,10 @@ def prepare(cfg: DictConfig, registries: Registries | None = None, *, preflight:
                      "gradients); set trainer.strategy to choose another", plan.trainer_kwargs.get("devices"),
                      strategy)
     if preflight:
-        resumes = ckpt is not None or config.get("ckpt_path") is not None
+        resumes = ckpt is not None or config.get("ckpt_path") not in (None, "auto")
         problems += preflight_problems(config, plan, run_dir, ckpt, reuse_dir, resumes)
         if problems:
-            raise ConfigError.of(problems, "invalid config" if invalid else "cannot start the run")
+            raise ConfigError.of(list(dict.fromkeys(problems)), "invalid config" if invalid else "cannot start the run")
     assert plan is not None and run_dir is not None
     config["output_dir"] = str(run_dir)
     config["ckpt_path"] = None if ckpt is None else str(ckpt)
@@ -121,7 +131,14 @@ def preflight_problems(config: dict, plan: Plan | None, run_dir: Path | None, ck
 
 
 def build_callbacks(prep: Prepared, writer: CheckpointWriter) -> tuple[list[pl.Callback], GracefulInterrupt]:
+    from pytorch_lightning.callbacks import ProgressBar
+
+    from callbacks.progress import KimgProgressBar
+
     callbacks: list[pl.Callback] = [cls(**kwargs) for _, cls, kwargs in prep.plan.callbacks]
+    if prep.plan.trainer_kwargs.get("enable_progress_bar", True) and not any(
+            isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(KimgProgressBar())  # kimg of total_kimg, ETA, losses (callbacks.progress sets options)
     interrupt = GracefulInterrupt(writer)
     callbacks += [RunStateCallback(prep.config), interrupt]
     if prep.plan.trainer_kwargs.get("enable_checkpointing", True):
@@ -129,6 +146,18 @@ def build_callbacks(prep: Prepared, writer: CheckpointWriter) -> tuple[list[pl.C
         callbacks.append(KimgCheckpoint(writer, every_kimg=checkpoint.get("every_kimg"),
                                         save_last=checkpoint.get("save_last", True)))
     return callbacks, interrupt
+
+
+def cluster_plugins(trainer_kwargs: dict) -> dict:
+    """The Trainer's arguments, with Lightning's SLURM auto-requeue turned off under ``srun`` (unless
+    ``trainer.plugins`` is set): Lightning would save a checkpoint from inside the signal handler, in the
+    middle of a step. :class:`launch.interrupt.GracefulInterrupt` takes the requeue signal instead, saves
+    ``last.ckpt`` at the end of the batch and requeues the job (docs/cluster.md)."""
+    from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    if trainer_kwargs.get("plugins") is not None or TorchElasticEnvironment.detect() or not SLURMEnvironment.detect():
+        return dict(trainer_kwargs)
+    return {**trainer_kwargs, "plugins": [SLURMEnvironment(auto_requeue=False)]}
 
 
 def resume_command(prep: Prepared) -> str:
@@ -173,6 +202,26 @@ def setup_data(datamodule: Any, mode: str) -> None:
         raise RunError(f"data: {err}") from err
 
 
+TRAINING_IMAGES_FILE = "fewshot_files.txt"
+
+
+def record_training_images(run_dir: Path, datamodule: Any, mode: str) -> Path | None:
+    """A fit on a chosen subset of a dataset (``data.fewshot``, ``data.manifest`` or ``data.max_images``) writes
+    the names of its training images to ``<run>/fewshot_files.txt`` (rank zero), a manifest that
+    ``data.manifest=`` reads back: the run's few-shot set is reproducible from its directory."""
+    from datamodules.base import GANDataModule
+
+    if mode != "fit" or not is_leader() or not isinstance(datamodule, GANDataModule):
+        return None
+    if all(getattr(datamodule, key, None) is None for key in ("fewshot", "manifest", "max_images")):
+        return None
+    if not datamodule.manifest_names:
+        return None
+    path = datamodule.save_manifest(run_dir / TRAINING_IMAGES_FILE)
+    log.info("training images (%d) listed in %s", len(datamodule.manifest_names), path)
+    return path
+
+
 def share_exports(run_dir: Path, module: Any) -> None:
     """Make the module's exported files as readable as any other output (``0o666`` minus the umask)."""
     names = {getattr(module, "product_file", None), getattr(type(module), "product_file", None)}
@@ -211,13 +260,14 @@ def execute(prep: Prepared) -> int:
         with RunDirectory(run_dir, mode, resumes=ckpt is not None, reuse_dir=prep.reuse_dir, leader=is_leader()):
             try:
                 prepare_run_dir(run_dir, config, mode)
+                record_training_images(run_dir, datamodule, mode)
                 log.info("run directory: %s", run_dir)
                 os.environ[ENV_RUN_DIR] = str(run_dir)  # DDP processes re-launched by Lightning use the same directory
                 writer = CheckpointWriter(run_dir / CHECKPOINT_DIR)
                 callbacks, interrupt = build_callbacks(prep, writer)
                 wandb_logger = build_wandb_logger(config["logger"]["wandb"], run_dir, run_dir.name, run_id=resume_id,
                                                   job_type="train" if mode == "fit" else mode)
-                trainer = pl.Trainer(**plan.trainer_kwargs, default_root_dir=str(run_dir),
+                trainer = pl.Trainer(**cluster_plugins(plan.trainer_kwargs), default_root_dir=str(run_dir),
                                      logger=[wandb_logger, JsonlLogger(run_dir),
                                              *build_file_loggers(config["logger"], run_dir)],
                                      callbacks=callbacks)

@@ -2,8 +2,11 @@
 
 docs/architecture.md, "Run directories": a resume continues the same run, and every DDP process
 must agree on one directory: processes that Lightning re-launches inherit the directory chosen by rank 0
-through ``STYLESHIFT_RUN_DIR``; processes started by an external launcher such as torchrun or srun need
-an explicit ``output_dir``.
+through ``STYLESHIFT_RUN_DIR``; processes started by an external launcher such as torchrun or srun, which
+all decide at once, derive it from the id their launcher shares (:func:`launch_id`:
+``runs/<experiment>_torchrun-<id>``, ``runs/<experiment>_slurm<job id>``) unless ``output_dir`` is given.
+``ckpt_path=auto`` resumes ``<run dir>/checkpoints/last.ckpt`` when it exists and starts fresh otherwise (the
+command of a requeued cluster job).
 """
 from __future__ import annotations
 
@@ -35,10 +38,32 @@ def _external_multiprocess() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
 
+def launch_id() -> str | None:
+    """An id every process of an external launch shares, derived from its environment (None if there is none):
+    ``slurm<job id>`` (``slurm<array job>_<task>`` for an array task) under SLURM, where a requeued job keeps its
+    id; ``torchrun-<rdzv id>`` under torchrun (``--standalone`` draws one per launch; a multi-node launch
+    needs ``--rdzv-id``)."""
+    if os.environ.get("SLURM_JOB_ID", "").strip():
+        array = os.environ.get("SLURM_ARRAY_JOB_ID", "").strip()
+        task = os.environ.get("SLURM_ARRAY_TASK_ID", "").strip()
+        return f"slurm{array}_{task}" if array and task else f"slurm{os.environ['SLURM_JOB_ID'].strip()}"
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "").strip()
+    if run_id and run_id.lower() != "none":
+        return "torchrun-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)[:40]
+    return None
+
+
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | None) -> Path | None:
-    """``ckpt_path`` as an existing file; ``last`` means ``<output_dir>/checkpoints/last.ckpt``."""
+    """``ckpt_path`` as an existing file; ``last`` means ``<output_dir>/checkpoints/last.ckpt``; ``auto`` means
+    that file when it exists, else None (a fresh start). ``output_dir`` may be the derived run directory."""
     if ckpt_path is None:
         return None
+    if ckpt_path == "auto":
+        if output_dir is None:
+            raise ConfigError("ckpt_path=auto needs the run directory: add output_dir=runs/<run> (or launch "
+                              "under torchrun/SLURM, whose run directory is derived from the launch id)")
+        path = Path(output_dir) / CHECKPOINT_DIR / LAST
+        return path if path.is_file() else None
     if ckpt_path == "last":
         if output_dir is None:
             raise ConfigError("ckpt_path=last needs the run directory: add output_dir=runs/<run>")
@@ -58,17 +83,28 @@ def run_dir_of_checkpoint(ckpt: Path) -> Path | None:
     return run if (run / CONFIG_FILE).is_file() else None
 
 
-def resolve_run_dir(output_dir: str | None, experiment: str, ckpt: Path | None) -> Path:
-    """The run directory: explicit ``output_dir``, else the resumed checkpoint's run, else a new one."""
+def resolve_run_dir(output_dir: str | None, experiment: str, ckpt: Path | None, new: bool = True) -> Path:
+    """The run directory: explicit ``output_dir``, else the resumed checkpoint's run, else a new one.
+
+    ``new=False`` (``ckpt_path=auto``): a directory that the same command finds again - the inherited one, or
+    the one derived from the launch id (also for a single process) - never a new timestamped one.
+    """
     if output_dir is not None:
         return Path(output_dir)
     if ckpt is not None and (run := run_dir_of_checkpoint(ckpt)) is not None:
         return run
     if os.environ.get(ENV_RUN_DIR):
         return Path(os.environ[ENV_RUN_DIR])
-    if _external_multiprocess():
-        raise ConfigError("several processes were started by an external launcher (WORLD_SIZE/SLURM_NTASKS > 1):"
-                          " set output_dir=... explicitly so that they all use the same run directory")
+    if _external_multiprocess() or not new:
+        # Each process decides on its own and a timestamp can differ between them: derive the name from what
+        # the launcher gave every process alike.
+        shared = launch_id()
+        if shared is None:
+            raise ConfigError("ckpt_path=auto needs the run directory: add output_dir=runs/<run>" if not new else
+                              "several processes were started by an external launcher (WORLD_SIZE/SLURM_NTASKS > "
+                              "1) without a shared launch id (torchrun --rdzv-id, SLURM_JOB_ID): set "
+                              "output_dir=... explicitly so that they all use the same run directory")
+        return Path("runs") / f"{experiment}_{shared}"
     return Path("runs") / f"{timestamp()}_{experiment}"
 
 

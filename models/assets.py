@@ -6,7 +6,7 @@ Every file lives under one cache root, ``$STYLESHIFT_CACHE`` or ``~/.cache/style
 :class:`AssetMissingError` at once, naming the file, where to get it, the exact path to put it at and the
 ``python -m models.assets fetch NAME`` command that downloads it. CLI::
 
-    python -m models.assets list            # every asset: present / missing, path
+    python -m models.assets list            # every asset: present / missing, size, licence, path
     python -m models.assets fetch NAME ...  # download (progress bar, sha256 check, atomic rename)
     python -m models.assets verify NAME ... # check a cached file against its known hash
 """
@@ -372,18 +372,53 @@ def torch_hub_seed(*names: str) -> Iterator[Path]:
 # CLI
 
 
+#: approximate download sizes in MB (10**6 bytes) of the registered files, shown by ``list`` before a fetch
+APPROX_SIZE_MB: dict[str, float] = {
+    "stylegan2-ffhq-1024": 382, "stylegan2-ffhq-256": 290, "stylegan2-afhqdog-512": 350,
+    "stylegan2-afhqcat-512": 350, "stylegan2-church-256": 330, "stylegan2-car-512": 350,
+    "stylegan2-horse-256": 330, "inception-2015-12-05": 96, "lpips-alex": 244, "lpips-vgg": 553,
+    "lpips-squeeze": 5, "vgg16": 553, "vgg19": 575, "clip-vit-b-32-openai": 605, "clip-vit-b-16-openai": 599,
+    "vgg16-caffe-idinvert": 59, "identity-arcface-ir-se50": 175,
+}
+
+
+def format_size(n_bytes: float) -> str:
+    """``553 MB``, ``4.97 MB``, ``12 kB`` (decimal units)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= scale:
+            value = n_bytes / scale
+            return f"{value:.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
+    return f"{int(n_bytes)} B"
+
+
+def asset_size(asset: Asset) -> str:
+    """The file's size when it is in the cache, else ``~`` and the registered download size (``?``: unknown)."""
+    if asset.path.is_file():
+        return format_size(asset.path.stat().st_size)
+    approx = APPROX_SIZE_MB.get(asset.name)
+    return f"~{format_size(approx * 1e6)}" if approx is not None else "?"
+
+
+def short_license(text: str) -> str:
+    """The licence's name without its notes: ``MIT (OpenAI CLIP)`` -> ``MIT``; ``?`` when not recorded."""
+    return text.split(" (", 1)[0].split(";", 1)[0].strip() or "?"
+
+
 def format_table() -> str:
-    rows = [("name", "status", "kind", "path")]
+    """``list``: every asset's status, kind, size, licence and path (``verify NAME`` / the registry: full terms)."""
+    rows = [("name", "status", "kind", "size", "license", "path")]
     for asset in ASSETS.values():
-        rows.append((asset.name, "present" if asset.path.is_file() else "missing", asset.kind, str(asset.path)))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows)
+        rows.append((asset.name, "present" if asset.path.is_file() else "missing", asset.kind, asset_size(asset),
+                     short_license(asset.license), str(asset.path)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(f"{cell:<{w}}" for cell, w in zip(r, widths)) + "  " + r[-1] for r in rows]
+    return "\n".join(lines) + "\n(~: download size; the full licence terms: models/assets.py)"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models.assets", description="pretrained file registry")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="every asset with its status and path")
+    sub.add_parser("list", help="every asset with its status, size, licence and path")
     p_fetch = sub.add_parser("fetch", help="download assets into the cache")
     p_fetch.add_argument("names", nargs="+")
     p_fetch.add_argument("--force", action="store_true", help="download again even if present")

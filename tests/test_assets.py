@@ -140,11 +140,19 @@ def test_list_cli(cache, capsys):
     put(assets.get("vgg19"), b"x")
     assert assets.main(["list"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["name", "status", "kind", "path"]
-    status = {line.split()[0]: line.split()[1] for line in lines[1:]}
+    assert lines[0].split() == ["name", "status", "kind", "size", "license", "path"]
+    assert lines[-1].startswith("(~: download size")
+    rows = {line.split()[0]: line for line in lines[1:-1]}
+    status = {name: line.split()[1] for name, line in rows.items()}
     assert set(status) == set(assets.ASSETS)
     assert status["vgg19"] == "present" and status["stylegan2-ffhq-1024"] == "missing"
     assert any(line.endswith(str(cache / "torchvision" / "vgg19-dcbb9e9d.pth")) for line in lines)
+    # size: the file's own when present (1 byte here), the registered download size when missing
+    assert " 1 B " in rows["vgg19"] and " ~382 MB " in rows["stylegan2-ffhq-1024"]
+    assert " NVIDIA Source Code License-NC " in rows["stylegan2-ffhq-1024"] and " MIT " in rows["clip-vit-b-32-openai"]
+    assert set(assets.APPROX_SIZE_MB) == set(assets.ASSETS)  # every registered file has a size
+    assert all(assets.short_license(a.license) != "?" for a in assets.ASSETS.values())  # and a licence
+    assert assets.format_size(4_966_400) == "4.97 MB" and assets.format_size(553_433_881) == "553 MB"
 
 
 def test_torch_hub_seed_serves_cached_trunk(cache, monkeypatch):
