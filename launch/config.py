@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from launch.errors import ConfigError
@@ -146,6 +146,50 @@ def parse_overrides(overrides: Sequence[str]) -> DictConfig:
         raise ConfigError(f"bad override: {err}") from err
 
 
+def _split_indexed(sets: Sequence[str], files: DictConfig) -> tuple[list[str], list[str]]:
+    """Overrides that reach into a list (``model.tasks.0.images=...`` or ``model.tasks[0].images=...``) are set
+    in place after the merge; the others merge as a layer."""
+    plain, indexed = [], []
+    for item in sets:
+        key = item.partition("=")[0].strip()
+        parts = key.replace("[", ".").replace("]", "").split(".")
+        node: Any = files
+        crosses = "[" in key
+        for part in parts[:-1]:
+            if not isinstance(node, DictConfig) or part not in node:
+                break
+            node = node._get_node(part)
+            if isinstance(node, ListConfig):
+                crosses = True
+                break
+        (indexed if crosses else plain).append(item)
+    return plain, indexed
+
+
+def _apply_indexed(cfg: DictConfig, items: Sequence[str]) -> None:
+    for item in items:
+        key, _, raw = item.partition("=")
+        key = key.strip().replace("[", ".").replace("]", "")
+        value = parse_overrides([f"value={raw}"])["value"]
+        parts = key.split(".")
+        node: Any = cfg
+        for depth, part in enumerate(parts[:-1]):
+            if isinstance(node, ListConfig):
+                if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+                    where = ".".join(parts[:depth]) or "the config"
+                    raise ConfigError(f"override {item!r}: {where} is a list of {len(node)} entries; "
+                                      f"{part!r} is not an index of it")
+                node = node[int(part)]
+            elif isinstance(node, DictConfig):
+                node = node._get_node(part) if part in node else None
+            if node is None:
+                break
+        try:
+            OmegaConf.update(cfg, key, value, merge=True)
+        except (OmegaConfBaseException, TypeError, IndexError, ValueError) as err:
+            raise ConfigError(f"bad override {item!r}: {err}") from None
+
+
 def drop_disabled_callbacks(cfg: DictConfig) -> None:
     """Remove callbacks set to ``null`` (how a child config disables one it inherited)."""
     callbacks = cfg.get("callbacks")
@@ -214,6 +258,7 @@ def compose(config_path: str | Path, overrides: Sequence[str] = (), configs_dir:
     base = read_yaml(configs_dir / "base.yaml")
     layers = experiment_chain(config_path, configs_dir)
     sets, deletions = split_deletions(overrides)
+    sets, indexed = _split_indexed(sets, OmegaConf.merge(base, *layers))
     cli = parse_overrides(sets)
     if EXTENDS_KEY in cli:
         raise ConfigError(f"'{EXTENDS_KEY}' cannot be given on the command line; put it in the config file")
@@ -226,9 +271,10 @@ def compose(config_path: str | Path, overrides: Sequence[str] = (), configs_dir:
             if shorthands:
                 expand_shorthands(all_layers, shorthands)
                 cfg = OmegaConf.merge(*all_layers)
-    except OmegaConfBaseException as err:
+    except (OmegaConfBaseException, TypeError) as err:
         raise ConfigError(f"cannot merge configs: {err}") from err
     assert isinstance(cfg, DictConfig)
+    _apply_indexed(cfg, indexed)
     delete_keys(cfg, deletions)
     drop_disabled_callbacks(cfg)
     if cfg.get("experiment") is None:

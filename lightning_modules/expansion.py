@@ -20,9 +20,12 @@ One iteration (the official phase order; G's mapping is frozen, only the synthes
     G_ema     EMA of G (10 kimg)
 
 Samplers: ``base`` and ``domain/<name>`` render the same z (aligned across domains) with G_ema and stored
-noise. The exported ``generator.pt`` carries the basis and the domain table (``expansion``), so
-``models.expansion.ExpansionBasis.from_state`` and ``generate.py`` render any domain by name; an expanded
-generator expands further with its basis kept and its earlier domains replayed against the parent.
+noise; ``parent`` renders it with the parent's G (what the base subspace must preserve: FID of both against
+the data, ``lpips_align`` of base against parent). Domain samplers carry their task's score and prompt for
+the ``domain_leakage`` and ``clip_domains`` metrics. The exported ``generator.pt`` carries the basis and the
+domain table (``expansion``), so ``models.expansion.ExpansionBasis.from_state`` and ``generate.py`` render any
+domain by name; an expanded generator (ours, or an official snapshot with ``latent_basis``) expands further
+with its basis kept and its earlier domains replayed against the parent.
 
 Deviations: ``w̄`` is held fixed (the reference lets the mapping's running mean drift while training:
 ``drift_w_mean: true``); the projection works on W directly (the reference lifts W to 18 rows and back).
@@ -44,7 +47,7 @@ from lightning_modules.nada_setup import DTYPES, build_clip, check_assets, parse
 from losses.adversarial import d_logistic_loss, g_nonsaturating_loss
 from models.expansion import ExpansionBasis, assign_dimensions, dormancy, expansion_table, sefa_basis
 from models.frozen import trainable
-from models.sampler import Sampler, latent_sampler
+from models.sampler import DomainSampler, Sampler, latent_sampler
 
 log = logging.getLogger(__name__)
 
@@ -349,16 +352,28 @@ class ExpansionModule(StyleGAN2Core):
             w = w + basis.distances[domain] * basis.direction(domain).to(w)
         return self.g_ema([w], input_is_latent=True, randomize_noise=False)[0].clamp(-1, 1)
 
+    def render_parent(self, z: Tensor) -> Tensor:
+        """The parent's image of ``z`` (its G, the replay target; no projection, stored noise)."""
+        w = self.g_frozen.style(z.to(self.device))
+        return self.g_frozen([w], input_is_latent=True, randomize_noise=False)[0].clamp(-1, 1)
+
     def domain_names(self) -> list[str]:
         return [*self.previous_names, *self.names]
 
     def samplers(self) -> dict[str, Sampler]:
-        """``base`` and ``domain/<name>`` of every domain (earlier ones first): the same z for all."""
+        """``base`` and ``domain/<name>`` of every domain (earlier ones first): the same z for all. Domain
+        samplers carry their task's score and text prompt (metrics ``domain_leakage``, ``clip_domains``)."""
         device = lambda: self.device  # noqa: E731
-        out = {"base": latent_sampler(lambda z: self.render(z, None), self.z_dim, device, truncation=1.0)}
+        out = {"base": latent_sampler(lambda z: self.render(z, None), self.z_dim, device, truncation=1.0),
+               "parent": latent_sampler(self.render_parent, self.z_dim, device, truncation=1.0)}
         for index, name in enumerate(self.domain_names()):
-            out[f"domain/{name}"] = latent_sampler(lambda z, i=index: self.render(z, i), self.z_dim, device,
-                                                   truncation=1.0)
+            task = self.tasks[index - self.n_previous] if index >= self.n_previous else None
+            render = latent_sampler(lambda z, i=index: self.render(z, i), self.z_dim, device).render
+            score = None
+            if task is not None and task.scorable:
+                score = lambda xb, xe, t=task: t.score(xb.to(self.device), xe.to(self.device), self)  # noqa: E731
+            out[f"domain/{name}"] = DomainSampler(render=render, truncation=1.0, source="base", domain=name,
+                                                  score=score, prompt=None if task is None else task.prompt)
         return out
 
     def export(self, path: Path) -> Path:

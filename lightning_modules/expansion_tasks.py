@@ -50,6 +50,8 @@ class ExpansionTask(nn.Module):
 
     kind = "task"
     fresh_latents = True  # latents are mapped fresh z (False: the task's own anchors)
+    #: the task has a per-image score on any (base, domain) image pair (metrics: ``domain_leakage``)
+    scorable = True
 
     def __init__(self, name: str, dimension: int | None = None, distance: float | None = None,
                  weight: float = 1.0):
@@ -66,6 +68,17 @@ class ExpansionTask(nn.Module):
 
     def loss(self, x_base: Tensor, x_edit: Tensor, rows: Tensor, module) -> Tensor:
         raise NotImplementedError
+
+    @property
+    def prompt(self) -> tuple[str, str] | None:
+        """``(source_text, target_text)`` of a domain described by text (CLIP metrics), else None."""
+        return None
+
+    def score(self, x_base: Tensor, x_edit: Tensor, module) -> Tensor:
+        """Per-pair task score [B] (lower = more of the domain): the loss of each pair on its own."""
+        rows = torch.zeros(1, dtype=torch.long, device=x_edit.device)
+        return torch.stack([self.loss(x_base[i:i + 1], x_edit[i:i + 1], rows, module).float().reshape(())
+                            for i in range(x_edit.shape[0])])
 
     def attach(self, module) -> None:
         """Called once the module holds its networks (a task that builds modules of its own does it here)."""
@@ -104,6 +117,10 @@ class TextTask(_CLIPDirectionTask):
                  **kw: Any):
         super().__init__(name, **kw)
         self.source_text, self.target_text, self.templates = source_text, target_text, templates
+
+    @property
+    def prompt(self) -> tuple[str, str]:
+        return self.source_text, self.target_text
 
     def direction(self, clip, module) -> Tensor:
         return clip.text_direction(self.source_text, self.target_text, self.templates)  # cached per CLIP model
@@ -185,6 +202,7 @@ class ReconstructionTask(ExpansionTask):
 
     kind = "reconstruction"
     fresh_latents = False
+    scorable = False  # its loss needs the person's anchors, not any latent
 
     def __init__(self, name: str, images: str, anchors: str, l2_weight: float = 1.0, **kw: Any):
         super().__init__(name, **kw)
@@ -260,6 +278,10 @@ class AdversarialTask(ExpansionTask):
 
     def loss(self, x_base: Tensor, x_edit: Tensor, rows: Tensor, module) -> Tensor:
         return torch.nn.functional.softplus(-self.logits(x_edit, module).float()).sum()
+
+    def score(self, x_base: Tensor, x_edit: Tensor, module) -> Tensor:
+        """softplus(-h_d(x_edit)) per image, without augmentation."""
+        return torch.nn.functional.softplus(-self.head(module.discriminator.convs(x_edit)).float()).flatten()
 
     def discriminator_loss(self, module) -> tuple[Tensor, dict]:
         with torch.no_grad():

@@ -30,6 +30,8 @@ DEFAULTS: dict[str, dict[str, str]] = {  # "which": the default reference split 
     "nn_lpips": {"extractor": "lpips-vgg", "resize": "bilinear256", "which": "train"},
     "clip_text": {"extractor": "clip:ViT-B-32", "resize": "clip"},
     "clip_direction": {"extractor": "clip:ViT-B-32", "resize": "clip"},
+    "clip_domains": {"extractor": "clip:ViT-B-32", "resize": "clip"},
+    "domain_leakage": {"extractor": "task-scores", "resize": "none"},
 }
 
 

@@ -9,7 +9,7 @@ Each entry says everything the rest of the code needs to know about a metric kin
 * ``assets(spec) -> [asset names]``: the pretrained files it needs (default: ``spec.required_assets()``),
   resolved by the metrics callback at start-up;
 * ``sampler_need``: the kind of sampler it runs on (:data:`ANY_SAMPLER`, :data:`PATH_SAMPLER`,
-  :data:`PAIRED_SAMPLER` or a new :class:`SamplerNeed`);
+  :data:`PAIRED_SAMPLER`, :data:`DOMAIN_SAMPLER` or a new :class:`SamplerNeed`);
 * ``prepare(run, spec, targets)`` (optional): called for every configured metric before any runner runs,
   to plan work shared between metrics (FID and KID of one sampler share one feature pass).
 
@@ -41,7 +41,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from models.sampler import PathSampler
+from models.sampler import DomainSampler, PathSampler
 
 if TYPE_CHECKING:
     from metrics.specs import MetricSpec
@@ -72,6 +72,9 @@ ANY_SAMPLER = SamplerNeed("any", "every sampler", lambda sampler: True, generic=
 PATH_SAMPLER = SamplerNeed(
     "path", "path samplers (models.sampler.PathSampler: ordered paths of frames_per_path frames)",
     lambda sampler: isinstance(sampler, PathSampler))
+DOMAIN_SAMPLER = SamplerNeed(
+    "domain", "domain samplers (models.sampler.DomainSampler: a domain rendering its source sampler's latents)",
+    lambda sampler: isinstance(sampler, DomainSampler))
 PAIRED_SAMPLER = SamplerNeed(
     "paired", "paired samplers (kind 'paired': image i is the reconstruction of reference image i)",
     lambda sampler: getattr(sampler, "kind", None) == "paired")
@@ -194,6 +197,6 @@ def check_metric_samplers(declared: Mapping[str, Any] | None, owner: str = "modu
     return out
 
 
-__all__ = ["SamplerNeed", "ANY_SAMPLER", "PATH_SAMPLER", "PAIRED_SAMPLER", "MetricEntry", "register_metric",
-           "unregister_metric", "load_builtin_metrics", "metric_kinds", "metric_entry", "unknown_metric_message",
-           "check_metric_samplers"]
+__all__ = ["SamplerNeed", "ANY_SAMPLER", "PATH_SAMPLER", "PAIRED_SAMPLER", "DOMAIN_SAMPLER", "MetricEntry",
+           "register_metric", "unregister_metric", "load_builtin_metrics", "metric_kinds", "metric_entry",
+           "unknown_metric_message", "check_metric_samplers"]

@@ -181,7 +181,8 @@ def expansion_table(extra: Mapping[str, Any], latent_avg: Tensor | None = None) 
         raise ValueError("the snapshot's G_ema has no mapping.w_avg (the mean W of its projections)")
     w_mean = torch.as_tensor(latent_avg).float().reshape(-1)
     if basis.shape != (w_mean.numel(), w_mean.numel()):
-        raise ValueError(f"latent_basis has shape {tuple(basis.shape)}, the mapping's W has {w_mean.numel()} dimensions")
+        raise ValueError(f"latent_basis has shape {tuple(basis.shape)}, the mapping's W has {w_mean.numel()} "
+                         f"dimensions")
     names = _official_names(extra.get("expansion_cfg"), dims)
     out = {"basis": basis, "dims": dims, "distances": [float(distance)] * len(dims), "w_mean": w_mean, "names": names}
     ExpansionBasis.from_state(out)  # validates shapes, ranges and duplicates

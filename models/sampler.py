@@ -50,6 +50,21 @@ class Sampler:
         return torch.cat(list(self.batches(n, seed, batch_size)), dim=0)
 
 
+@dataclass
+class DomainSampler(Sampler):
+    """One domain of a multi-domain generator; image ``i`` shares its latent with image ``i`` of ``source``.
+
+    ``score(x_source, x_domain) -> [B]`` is the domain's own task score of each image pair (lower = more of
+    the domain; None: the domain has none); ``prompt`` is ``(source_text, target_text)`` for a domain
+    described by text. Metrics compare every domain against every score and prompt (leakage).
+    """
+
+    source: str = "base"
+    domain: str = ""
+    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    prompt: tuple[str, str] | None = None
+
+
 def latent_sampler(generate: Callable[[torch.Tensor], torch.Tensor], z_dim: int,
                    device: torch.device | str | Callable[[], torch.device] = "cpu",
                    kind: str = "grid", truncation: float | None = None) -> Sampler:
@@ -121,4 +136,5 @@ def w_interpolation_sampler(generator: nn.Module, steps: int,
     return PathSampler(render=render, kind="strip", frames_per_path=frames)
 
 
-__all__ = ["Sampler", "PathSampler", "seeded_normal", "latent_sampler", "path_latents", "w_interpolation_sampler"]
+__all__ = ["Sampler", "PathSampler", "DomainSampler", "seeded_normal", "latent_sampler", "path_latents",
+           "w_interpolation_sampler"]

@@ -416,3 +416,14 @@ def test_real_group_shorthand_refused_for_gan():
         prepare(compose(CONFIGS_DIR / "demo.yaml", ["model.gan=fast"]))
     config = prepare(compose(CONFIGS_DIR / "demo.yaml", ["model.seed=3", "model.total_kimg=2"])).config
     assert (config["model"]["seed"], config["model"]["total_kimg"]) == (3, 2)   # keys of MethodModule
+
+
+def test_overrides_reach_into_lists_by_index():
+    toy = CONFIGS_DIR / "expansion" / "toy.yaml"
+    base = ["model.generator=g.pt"]
+    for key in ("model.tasks[1].name", "model.tasks.1.name"):
+        cfg = compose(toy, [*base, f"{key}=mirrored", "model.tasks[0].color=[0, 1, 0]"])
+        assert [t["name"] for t in cfg.model.tasks] == ["red", "mirrored"]
+        assert list(cfg.model.tasks[0].color) == [0, 1, 0] and cfg.model.tasks[0].type == "color"
+    with pytest.raises(ConfigError, match="list of 2 entries; '5' is not an index"):
+        compose(toy, [*base, "model.tasks.5.name=x"])

@@ -156,7 +156,7 @@ def test_samplers_export_and_staged_expansion(parent, tmp_path):
     trainer(default_root_dir=tmp_path).fit(module, RandomImages(n=8, batch_size=4))
     assert module.dims == [15, 14] and module.dormancy.keys() == {15, 14}
     samplers = module.samplers()
-    assert list(samplers) == ["base", "domain/red", "domain/mirror"]
+    assert list(samplers) == ["base", "parent", "domain/red", "domain/mirror"]
     z = torch.randn(2, 16)
     module.eval()
     with torch.no_grad():
@@ -247,7 +247,8 @@ def test_official_snapshot_loads_with_its_domains_by_name(tmp_path, capsys):
     assert table["distances"] == [20.0] * 3 and torch.equal(table["basis"], V)
     assert torch.equal(table["w_mean"], raw["latent_avg"].reshape(-1))  # G_ema.mapping.w_avg, as the official code
     # generate.py renders a domain by name: G_ema(base(w) + s v_d) with constant noise, as generate_aligned.py
-    assert main(["--network", str(path), "--seeds", "0", "--domain", "tolkien_elf", "--outdir", str(tmp_path / "o")]) == 0
+    assert main(["--network", str(path), "--seeds", "0", "--domain", "tolkien_elf",
+                 "--outdir", str(tmp_path / "o")]) == 0
     import numpy as np
     from PIL import Image
 

@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader
 
 from callbacks.metrics import MetricsCallback
 from metrics.jsonl import append_jsonl, read_jsonl
-from metrics.registry import (ANY_SAMPLER, PAIRED_SAMPLER, PATH_SAMPLER, SamplerNeed, check_metric_samplers,
-                              metric_entry, metric_kinds, register_metric, unregister_metric)
+from metrics.registry import (ANY_SAMPLER, DOMAIN_SAMPLER, PAIRED_SAMPLER, PATH_SAMPLER, SamplerNeed,
+                              check_metric_samplers, metric_entry, metric_kinds, register_metric, unregister_metric)
 from metrics.specs import MetricSpec, parse_spec
 from metrics.streams import render_uint8
 from metrics.suite import MetricRun, MetricSuite, MetricValue, metric_protocol
@@ -26,8 +26,8 @@ from models.sampler import Sampler, latent_sampler
 from tests.helpers_metrics import TinyRenderer, tensor_reference, tiny_sampler
 from tests.test_metrics_registry_mixdl import LPIPS_OPTS, path_sampler
 
-BUILTIN = ["clip_direction", "clip_text", "fid", "intra_lpips", "kid", "latent_smoothness", "lpips_align",
-           "lpips_diversity", "nn_lpips", "reconstruction"]
+BUILTIN = ["clip_direction", "clip_domains", "clip_text", "domain_leakage", "fid", "intra_lpips", "kid",
+           "latent_smoothness", "lpips_align", "lpips_diversity", "nn_lpips", "reconstruction"]
 
 
 # ------------------------------------------------------------------------------ a metric in one registration
@@ -64,7 +64,9 @@ def test_builtin_kinds_and_their_sampler_needs():
     assert [k for k in metric_kinds() if not k.startswith("test_")] == BUILTIN
     needs = {k: metric_entry(k).sampler_need for k in BUILTIN}
     assert needs["latent_smoothness"] is PATH_SAMPLER and needs["reconstruction"] is PAIRED_SAMPLER
-    assert all(needs[k] is ANY_SAMPLER for k in BUILTIN if k not in ("latent_smoothness", "reconstruction"))
+    assert needs["domain_leakage"] is DOMAIN_SAMPLER and needs["clip_domains"] is DOMAIN_SAMPLER
+    special = ("latent_smoothness", "reconstruction", "domain_leakage", "clip_domains")
+    assert all(needs[k] is ANY_SAMPLER for k in BUILTIN if k not in special)
     assert metric_entry("kid").prepare is not None and metric_entry("fid").runner is metric_entry("kid").runner
     for kind in BUILTIN:
         entry = metric_entry(kind)
