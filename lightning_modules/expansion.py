@@ -75,6 +75,8 @@ class ExpansionModule(StyleGAN2Core):
         adversarial: run the source adversarial phases (G_adv, D_main, D_reg; the reference's ``lambda_src > 0``).
         replay_noise: ``independent`` noise for the trained and the parent's base image (the reference), or
             ``shared`` (the replay then measures only how the generator moved: zero at the start).
+        replay_target: the parent network the base subspace replays: ``g`` (its trained G, the reference) or
+            ``g_ema`` (its EMA generator, the one users sample; for released files whose G lags behind G_ema).
         **base: ``seed``, ``nan_policy``, ``total_kimg``, ``grad_reset``.
     """
 
@@ -88,7 +90,8 @@ class ExpansionModule(StyleGAN2Core):
                  lambda_replay_lpips: float = 10.0, replay_lpips: str = "alex", replay_lpips_weights: str = "auto",
                  clip_models: Sequence[Mapping[str, Any]] | None = None, clip_dtype: str = "float32",
                  drift_w_mean: bool = False, basis: str | None = None, adversarial: bool = True,
-                 replay_noise: Literal["independent", "shared"] = "independent", **base: Any):
+                 replay_noise: Literal["independent", "shared"] = "independent",
+                 replay_target: Literal["g", "g_ema"] = "g", **base: Any):
         super().__init__(gan=gan, **base)
         self.save_hyperparameters()
         spec = coerce_group(GeneratorSpec, generator, "model.generator")
@@ -98,7 +101,10 @@ class ExpansionModule(StyleGAN2Core):
         check_assets([spec.checkpoint] + [e["pretrained"] for e in entries], what="Domain Expansion")
         g, d, g_ema = spec.gan()
         self.set_networks(g, d, g_ema)
-        self.hold("g_frozen", _copy_frozen(g))  # the parent's G: replay target of the base subspace
+        if replay_target not in ("g", "g_ema"):
+            raise ValueError(f"replay_target must be 'g' or 'g_ema', got {replay_target!r}")
+        # the parent's G (the reference) or G_ema: the replay target of the base subspace
+        self.hold("g_frozen", _copy_frozen(g if replay_target == "g" else g_ema))
         for task in self.tasks:
             task.attach(self)
         self.clips = torch.nn.ModuleList([build_clip(e, "reference", DTYPES[clip_dtype]) for e in entries])
@@ -353,7 +359,7 @@ class ExpansionModule(StyleGAN2Core):
         return self.g_ema([w], input_is_latent=True, randomize_noise=False)[0].clamp(-1, 1)
 
     def render_parent(self, z: Tensor) -> Tensor:
-        """The parent's image of ``z`` (its G, the replay target; no projection, stored noise)."""
+        """The parent's image of ``z`` (its replay target, ``replay_target``; no projection, stored noise)."""
         w = self.g_frozen.style(z.to(self.device))
         return self.g_frozen([w], input_is_latent=True, randomize_noise=False)[0].clamp(-1, 1)
 

@@ -371,3 +371,15 @@ def test_preflight_asks_for_clip_only_with_text_or_image_tasks(monkeypatch, tmp_
     text = {"tasks": [{"type": "text", "target_text": "sketch"}], "clip_models": None}
     assert not model_asset_problems(fewshot, params, ExpansionModule.needs_clip)
     assert any("clip_models[0]" in p for p in model_asset_problems(text, params, ExpansionModule.needs_clip))
+
+
+def test_replay_target_g_ema_replays_the_parents_ema(tmp_path):
+    torch.manual_seed(0)
+    g, g_ema = Generator(**ARCH), Generator(**ARCH)
+    path = checkpoints.save(tmp_path / "p.pt", g_ema=g_ema, g=g, d=Discriminator(16, channels=ARCH["channels"]))
+    for target, net in (("g", g), ("g_ema", g_ema)):
+        module = tiny(path, replay_target=target)
+        for a, b in zip(module.g_frozen.state_dict().values(), net.state_dict().values()):
+            assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="replay_target"):
+        tiny(path, replay_target="ema")
