@@ -7,4 +7,5 @@ METHODS = {
     "nada_mapper": "lightning_modules.nada_mapper:NADAMapperModule",
     "idinvert": "lightning_modules.idinvert:IDInvertModule",
     "expansion": "lightning_modules.expansion:ExpansionModule",
+    "dualstylegan": "lightning_modules.dualstylegan:DualStyleGANModule",
 }
