@@ -1,6 +1,7 @@
 """Launch a StyleShift experiment: ``python train.py CONFIG [key=value ...] [--dry-run] [--reuse-dir] [--multirun]``.
 
-docs/architecture.md, "Run directories". ``CONFIG`` is merged over ``configs/base.yaml``; ``key=value``
+docs/architecture.md, "Run directories". A pipeline file (top-level ``stages``) runs its stages in order
+(``launch.pipeline``). ``CONFIG`` is merged over ``configs/base.yaml``; ``key=value``
 overrides use dotted keys (``trainer.max_steps=100 model.gan.g_lr=0.001``). Before anything starts, the
 config is validated and the machine is checked (data paths, pretrained files, devices, the run
 directory); ``--dry-run`` does exactly that and prints the resolved config. Errors the user can fix are
@@ -134,6 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     from launch.run import execute, prepare
 
     try:
+        from launch.pipeline import is_pipeline
+        if is_pipeline(args.config):
+            if args.multirun or args.reuse_dir:
+                from launch.errors import ConfigError
+                raise ConfigError("a pipeline resumes each stage itself; --multirun and --reuse-dir do not apply "
+                                  "(give it another output_dir to start over)")
+            from launch.pipeline import run_pipeline
+            return run_pipeline(args.config, args.overrides, dry_run=args.dry_run)
         if args.multirun:
             if args.reuse_dir:
                 from launch.errors import ConfigError

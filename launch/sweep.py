@@ -284,8 +284,13 @@ def _status_of(code: int) -> str:
 
 def run_point(config_path: str | Path, point: Point) -> int:
     """``train.py`` for one point in its own process (own session: the sweep forwards signals once)."""
-    argv = [sys.executable, str(ROOT / "train.py"), str(config_path), *point.overrides, *point.argv_extra]
-    child = subprocess.Popen(argv, start_new_session=True)
+    return run_child([sys.executable, str(ROOT / "train.py"), str(config_path), *point.overrides,
+                      *point.argv_extra])
+
+
+def run_child(argv: Sequence[str]) -> int:
+    """Run ``argv`` in its own session, forwarding SIGINT, SIGTERM and SIGUSR1 to it; its exit status."""
+    child = subprocess.Popen(list(argv), start_new_session=True)
     forwarded: dict[int, Any] = {}
 
     def forward(signum: int, frame: Any) -> None:
