@@ -127,7 +127,8 @@ class IDInvertModule(MethodModule):
         """``L_E``: pixel MSE + lambda_vgg * VGG feature MSE + lambda_adv * non-saturating adversarial."""
         x_rec = self.reconstruct(x)
         pixel = F.mse_loss(x_rec.float(), x.float())
-        feature = perceptual_loss(self.features(x_rec), self.features(x))
+        feature = (perceptual_loss(self.features(x_rec), self.features(x)) if self.lambda_vgg > 0
+                   else pixel.new_zeros(()))  # no VGG pass for a term that weighs nothing
         adversarial = g_nonsaturating_loss(self.discriminator(x_rec).float())
         loss = pixel + self.lambda_vgg * feature + self.lambda_adv * adversarial
         return loss, {"loss/E": loss, "loss/E_pixel": pixel, "loss/E_vgg": feature, "loss/E_adv": adversarial}

@@ -63,6 +63,15 @@ def test_encoder_and_discriminator_losses_equal_their_formulas():
     torch.testing.assert_close(d_loss, expected.detach(), rtol=1e-5, atol=1e-6)
 
 
+def test_a_zero_vgg_weight_skips_the_vgg_pass(monkeypatch):
+    module = tiny(lambda_vgg=0.0, lambda_adv=0.3)
+    monkeypatch.setattr(type(module), "features", lambda self, x: pytest.fail("VGG ran for lambda_vgg = 0"))
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    loss, logs = module.encoder_loss(x)
+    assert float(logs["loss/E_vgg"]) == 0.0
+    torch.testing.assert_close(loss, logs["loss/E_pixel"] + 0.3 * logs["loss/E_adv"])
+
+
 def test_lr_decays_exponentially_in_kimg():
     module = tiny(total_kimg=8.0)
     assert module.current_lr() == pytest.approx(1e-4)
