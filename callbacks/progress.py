@@ -92,7 +92,8 @@ class KimgProgressBar(TQDMProgressBar):
         refresh_rate: update the bar every this many batches.
     """
 
-    BAR_FORMAT = "{desc}{percentage:3.0f}%|{bar}|{postfix}"  # tqdm adds ": " to desc and ", " to postfix
+    # tqdm prefixes ``{postfix}`` with ", "; the text goes into ``{unit}`` (unused otherwise in this format)
+    BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {unit}"
 
     def __init__(self, losses: Sequence[str] = ("loss/*",), max_losses: int = 4, refresh_rate: int = 1,
                  process_position: int = 0) -> None:
@@ -128,7 +129,7 @@ class KimgProgressBar(TQDMProgressBar):
         else:
             bar.total = None
             bar.n = 0
-        bar.set_postfix_str(self.postfix(trainer, p), refresh=False)
+        bar.unit = self.postfix(trainer, p)
         bar.refresh()
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:

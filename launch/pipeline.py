@@ -15,12 +15,13 @@ README, "Pipelines". A pipeline file has a top-level ``stages`` mapping (in orde
 A ``train`` stage (``config`` + ``overrides``) runs ``train.py`` into ``<output_dir>/<stage>/`` with
 ``ckpt_path=auto``; its product is the method's export there (its ``product_file``: ``generator.pt``,
 ``encoder.pt``, ...). A ``command`` stage runs one of :data:`COMMANDS` (``destylize``: ``python -m
-launch.destylize``, product ``<stage dir>/codes.pt``) with ``args`` as ``--key value`` flags (``true``: a bare
-flag). A value ``"@name"`` is the product of the earlier stage ``name``; a value ``$name`` is the pipeline
-variable ``name`` (``vars``, set or overridden on the command line with ``vars.name=value``; ``???`` must be
-set). Each stage runs in its own process; a stage that finished writes ``stage.json`` (its product) and is
-skipped when the same command runs again, an unfinished one resumes (train stages from their last checkpoint,
-``destylize`` from its partial table). Other overrides given on the command line apply to every train stage.
+launch.destylize``, product ``<stage dir>/codes.pt``; ``toy_styles``: the toy style folder) with ``args`` as
+``--key value`` flags (``true``: a bare flag). A value ``"@name"`` is the product of the earlier stage
+``name``; a value ``$name`` is the pipeline variable ``name`` (``vars``, set or overridden on the command line
+with ``vars.name=value``; ``???`` must be set). Each stage runs in its own process; a stage that finished
+writes ``stage.json`` (its product) and is skipped when the same command runs again, an unfinished one resumes
+(train stages from their last checkpoint, ``destylize`` from its partial table). Other overrides given on the
+command line apply to every train stage.
 ``--dry-run`` composes and validates every stage (products of earlier stages stand in as paths) and prints the plan.
 """
 from __future__ import annotations
@@ -43,7 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGE_FILE = "stage.json"
 PIPELINE_KEYS = ("pipeline", "output_dir", "vars", "stages")
 #: command stages: name -> (module run with ``python -m``, product file name in the stage directory, its flag)
-COMMANDS: dict[str, tuple[str, str, str]] = {"destylize": ("launch.destylize", "codes.pt", "out")}
+COMMANDS: dict[str, tuple[str, str, str]] = {"destylize": ("launch.destylize", "codes.pt", "out"),
+                                              "toy_styles": ("launch.toy_styles", "styles", "out")}
 
 
 @dataclass

@@ -63,9 +63,11 @@ def test_bar_position_total_and_text(capsys: pytest.CaptureFixture):
     bar._update(trainer, module, now=108.0)
     tqdm = bar.train_progress_bar
     assert (tqdm.n, tqdm.total) == (375, 1000)  # 6 / 16 kimg, per mille
-    assert tqdm.postfix == "6.000/16 kimg, 0.5 kimg/s, ETA 0:00:20, loss/G_main=0.75"
+    assert tqdm.unit == "6.000/16 kimg, 0.5 kimg/s, ETA 0:00:20, loss/G_main=0.75"
     tqdm.close()
-    assert "ETA 0:00:20" in capsys.readouterr().out
+    line = capsys.readouterr().out.strip().split("\r")[-1]
+    assert line.startswith("Training:  38%|")
+    assert line.endswith("| 6.000/16 kimg, 0.5 kimg/s, ETA 0:00:20, loss/G_main=0.75")
 
 
 def _prepared(tmp_path: Path, *overrides: str):
