@@ -33,8 +33,31 @@ the mean), ``--domain all`` base and every domain side by side; ``--pair-with FI
 through a second generator of the same architecture (a NADA source / adapted pair, a fine-tuned model): the
 same z through each one's own mapping and truncation centre (``--projected-w``: the same codes).
 
-Mistakes (an unreadable file, a bad seed list, a code of the wrong shape, an unknown domain) are printed as one
-``error:`` line with exit status 2.
+DualStyleGAN selectors (docs/methods/dualstylegan.md, "Inference"): ``--style NAME|INDEX|all`` (or a comma
+list) renders a DualStyleGAN export (``models.dualstylegan.load``) or an official generator file
+(``models.dualstylegan.load_official``) with the extrinsic codes of those exemplars, read by file name (or
+stem, or row) from the code table ``--codes`` (default: the path the export records under ``style_codes``)::
+
+    python generate.py --network runs/<run>/generator.pt --style all --seeds 0-3 --grid --outdir out/
+    python generate.py --network G.pt --codes codes.pt --style 3 --weights structure --trunc 0.75 \\
+        --trunc-center zero --content me.png --encoder encoder.pt --preserve-color --outdir out/
+
+* ``--weights``: the weight vector w: ``inference`` (default: 0.75 on the structure rows, 1 on the colour rows),
+  ``full`` (1 everywhere), ``structure`` (structure rows only), ``color`` (colour rows only) or ``n_latent``
+  comma-separated numbers;
+* ``--trunc PSI`` truncates the intrinsic code only, toward the mean W (``--trunc-center mean``, as above) or
+  toward 0 (``--trunc-center zero``: W+ scaled by psi, the official scripts' convention);
+* the content is the seeds' ``mapping(z)`` or, with ``--content IMG [IMG ...]`` and ``--encoder E.pt`` (our W+
+  encoder, ``models.encoders``), each photo's encoder code (resized to the encoder's resolution);
+* ``--preserve-color``: the exemplar's colour rows (index > res_index, 7..17 at 1024 px) are replaced by the
+  content's untruncated intrinsic rows, so only the structure comes from the exemplar;
+* output: one PNG per content (``seed0000.png`` or ``<photo>.png``) with the exemplars side by side;
+  ``--grid``: ``grid.png``, one row per content: its intrinsic rendering, then every exemplar;
+  ``--weight-sweep N``: ``sweep.png``, one row per (content, exemplar), N frames with the structure weight
+  going 0 -> 1 (colour rows as ``--weights``).
+
+Mistakes (an unreadable file, a bad seed list, a code of the wrong shape, an unknown domain or style, a file that
+is not a DualStyleGAN generator) are printed as one ``error:`` line with exit status 2.
 """
 from __future__ import annotations
 
@@ -414,6 +437,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", default=None, help="Domain Expansion export: a domain name, base or all")
     p.add_argument("--pair-with", default=None, metavar="FILE",
                    help="a second generator of the same architecture, rendered side by side")
+    dsg = p.add_argument_group("DualStyleGAN")
+    dsg.add_argument("--style", default=None, help="exemplar(s) of the code table: file name, stem, row, a comma "
+                                                   "list or all")
+    dsg.add_argument("--codes", default=None, metavar="FILE",
+                     help="code table (models.style_codes; default: the one the export records)")
+    dsg.add_argument("--weights", default="inference",
+                     help="inference (default), full, structure, color or n_latent comma-separated numbers")
+    dsg.add_argument("--trunc-center", default="mean", choices=("mean", "zero"),
+                     help="truncate the intrinsic code toward the mean W (default) or toward 0 (official)")
+    dsg.add_argument("--content", nargs="+", default=None, metavar="IMG", help="real content photos (with --encoder)")
+    dsg.add_argument("--encoder", default=None, metavar="FILE", help="W+ encoder (models.encoders) for --content")
+    dsg.add_argument("--preserve-color", action="store_true",
+                     help="keep the content's colours: its colour rows replace the exemplar's")
+    dsg.add_argument("--weight-sweep", type=int, default=0, metavar="N",
+                     help="sweep.png: N frames with the structure weight from 0 to 1")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
     return p
@@ -443,6 +481,15 @@ def run(args: argparse.Namespace) -> list[Path]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GenerateError("--device cuda: this machine has no CUDA device")
+    if args.style is not None:
+        return run_dualstylegan(args, seeds, device)
+    used = [flag for flag, on in (("--codes", args.codes is not None), ("--content", args.content is not None),
+                                  ("--encoder", args.encoder is not None), ("--preserve-color", args.preserve_color),
+                                  ("--weight-sweep", bool(args.weight_sweep)),
+                                  ("--trunc-center", args.trunc_center != "mean"),
+                                  ("--weights", args.weights != "inference")) if on]
+    if used:
+        raise GenerateError(f"{', '.join(used)} need --style (a DualStyleGAN exemplar)")
     net = load_network(args.network, device)
     pair = None
     if args.pair_with is not None:
@@ -509,6 +556,296 @@ def write_interpolation(columns: list[Column], codes: dict[int, torch.Tensor], s
     return [strip_path, gif_path]
 
 
+# ------------------------------------------------------------------------------------------------- DualStyleGAN
+@dataclass
+class StyleNetwork:
+    """A DualStyleGAN generator in eval mode (``models.dualstylegan.DualStyleGAN``), its file's ``latent_avg``
+    and the code table path its export records (None for official files)."""
+
+    model: nn.Module
+    latent_avg: torch.Tensor | None
+    codes_path: str | None
+    source: str
+
+    @property
+    def n_latent(self) -> int:
+        return int(self.model.n_latent)
+
+    @property
+    def style_dim(self) -> int:
+        return int(self.model.style_dim)
+
+    @property
+    def res_index(self) -> int:
+        return int(self.model.res_index)
+
+    def as_network(self) -> Network:
+        """The intrinsic generator as a :class:`Network` (truncation centre, saved codes)."""
+        return Network(self.model.generator, self.latent_avg, {}, self.source)
+
+
+def _export_entries(path: Path) -> dict[str, Any]:
+    """Top-level ``latent_avg`` and ``style_codes`` of an export, read without building networks."""
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - e.g. a file written without zipfile serialization: no mmap
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: raw.get(k) for k in ("latent_avg", "style_codes")} if isinstance(raw, dict) else {}
+
+
+def load_style_network(spec: str, device: torch.device | str = "cpu") -> StyleNetwork:
+    """Our DualStyleGAN export or an official generator file as a :class:`StyleNetwork` on ``device``."""
+    from models import dualstylegan as dsg
+    from models.checkpoint_formats.errors import CheckpointError
+
+    path = Path(os.fspath(spec))
+    if not path.is_file():
+        raise GenerateError(f"network {spec!r} not found (a DualStyleGAN generator.pt or an official DualStyleGAN "
+                            f"generator file)")
+    entries: dict[str, Any] = {}
+    try:
+        model = dsg.load(path)
+        entries = _export_entries(path)
+    except Exception as err:  # noqa: BLE001 - every unreadable file: one line
+        if not (isinstance(err, CheckpointError) and "load_official" in str(err)):
+            raise GenerateError(f"--style needs a DualStyleGAN generator: {_one_line(err)}") from None
+        try:
+            model = dsg.load_official(path)
+        except Exception as err2:  # noqa: BLE001
+            raise GenerateError(f"--style needs a DualStyleGAN generator: {_one_line(err2)}") from None
+    avg = entries.get("latent_avg")
+    codes = entries.get("style_codes")
+    codes_path = codes.get("path") if isinstance(codes, dict) and isinstance(codes.get("path"), str) else None
+    model = model.to(device).eval()
+    return StyleNetwork(model, avg.float().to(device) if isinstance(avg, torch.Tensor) else None, codes_path,
+                        str(spec))
+
+
+def load_style_codes(path: str | None, net: StyleNetwork):
+    """The code table (``models.style_codes.StyleCodes``) ``--codes`` names or the export records, checked
+    against the generator's W+ shape. A recorded relative path is also looked up next to the export."""
+    from models.style_codes import StyleCodes, StyleCodesError
+
+    if path is None:
+        path = net.codes_path
+        if path is None:
+            raise GenerateError(f"--style: {net.source} records no code table; give --codes FILE")
+        if not Path(path).is_file() and not Path(path).is_absolute() and (Path(net.source).parent / path).is_file():
+            path = str(Path(net.source).parent / path)
+    try:
+        table = StyleCodes.load(path)
+        table.check(net.n_latent, net.style_dim, where=f"--codes {path}")
+    except (FileNotFoundError, StyleCodesError) as err:
+        raise GenerateError(_one_line(err)) from None
+    return table
+
+
+def parse_styles(text: str, table) -> list[int]:
+    """``--style``: ``all``, or comma-separated file names, stems or rows -> table rows."""
+    from models.style_codes import StyleCodesError
+
+    if text.strip() == "all":
+        return list(range(len(table)))
+    rows = []
+    for part in [p.strip() for p in text.split(",") if p.strip()]:
+        key: str | int = int(part) if part.lstrip("-").isdigit() else part
+        try:
+            rows.append(table.index(key))
+        except StyleCodesError as err:
+            raise GenerateError(f"--style: {_one_line(err)}") from None
+    if not rows:
+        raise GenerateError(f"--style {text!r}: no exemplar named")
+    return rows
+
+
+def parse_weights(text: str, n_latent: int, res_index: int) -> list[float]:
+    """``--weights``: a preset of ``models.dualstylegan`` or ``n_latent`` comma-separated numbers."""
+    from models import dualstylegan as dsg
+
+    text = text.strip()
+    if text == "inference":
+        return dsg.inference_weights(n_latent, res_index)
+    if text in ("full", "structure", "color", "colour"):
+        return dsg.weight_preset(text, n_latent, res_index)
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise GenerateError(f"--weights {text!r}: a preset (inference, full, structure, color) or {n_latent} "
+                            f"comma-separated numbers") from None
+    if len(values) != n_latent:
+        raise GenerateError(f"--weights: {len(values)} numbers given, the generator needs {n_latent} (one per W+ "
+                            f"row; rows 0-{res_index} structure, {res_index + 1}-{n_latent - 1} colour)")
+    if not all(np.isfinite(values)):
+        raise GenerateError(f"--weights: every weight must be finite, got {text!r}")
+    return values
+
+
+def read_photo(path: str | os.PathLike, size: int) -> torch.Tensor:
+    """One RGB photo [3, size, size] in [-1, 1]: centre square crop, Lanczos resize."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            w, h = img.size
+            if w != h:
+                s = min(w, h)
+                img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.LANCZOS)
+            arr = np.asarray(img, dtype=np.uint8).copy()
+    except (OSError, UnidentifiedImageError) as err:
+        raise GenerateError(f"--content: cannot read {path} ({type(err).__name__})") from None
+    return torch.from_numpy(arr).permute(2, 0, 1).float() / 127.5 - 1.0
+
+
+@torch.no_grad()
+def encode_photos(paths: Sequence[str], encoder_path: str, net: StyleNetwork, batch: int) -> torch.Tensor:
+    """W+ codes [len(paths), n_latent, D] of the content photos through our W+ encoder."""
+    from models.encoders import EncoderFileError, load_encoder
+
+    if not Path(encoder_path).is_file():
+        raise GenerateError(f"--encoder: {encoder_path} not found")
+    try:
+        encoder, config = load_encoder(encoder_path)
+    except EncoderFileError as err:
+        raise GenerateError(_one_line(err)) from None
+    if (int(config["n_latent"]), int(config["style_dim"])) != (net.n_latent, net.style_dim):
+        raise GenerateError(f"--encoder: {encoder_path} emits W+ [{config['n_latent']}, {config['style_dim']}], "
+                            f"the generator takes [{net.n_latent}, {net.style_dim}]")
+    for p in paths:
+        if not Path(p).is_file():
+            raise GenerateError(f"--content: {p} not found")
+    device = next(net.model.generator.parameters()).device
+    encoder = encoder.to(device).eval()
+    size = int(config["resolution"])
+    codes = []
+    for start in range(0, len(paths), batch):
+        images = torch.stack([read_photo(p, size) for p in paths[start:start + batch]]).to(device)
+        codes.append(encoder(images).float())
+    return torch.cat(codes)
+
+
+def style_truncate(net: StyleNetwork, wplus: torch.Tensor, psi: float, center_mode: str) -> torch.Tensor:
+    """The intrinsic code after truncation: ``t + psi (w - t)`` with t the mean W (``mean``) or 0 (``zero``)."""
+    if psi == 1:
+        return wplus
+    if center_mode == "zero":
+        center = torch.zeros((), dtype=wplus.dtype, device=wplus.device)
+    else:
+        center = truncation_center(net.as_network()).to(wplus)
+    return center + psi * (wplus - center)
+
+
+def exemplar_codes(net: StyleNetwork, table, row: int, content: torch.Tensor, preserve_color: bool) -> torch.Tensor:
+    """Extrinsic W+ [B, n_latent, D] of exemplar ``row`` for contents ``content`` (untruncated W+); with
+    ``preserve_color`` its colour rows (> res_index) are the content's."""
+    e = table.extrinsic[row].to(content).unsqueeze(0).expand(content.shape[0], -1, -1)
+    if preserve_color:
+        e = e.clone()
+        e[:, net.res_index + 1:] = content[:, net.res_index + 1:]
+    return e
+
+
+@torch.no_grad()
+def render_style(net: StyleNetwork, latent: torch.Tensor, e: torch.Tensor | None, weights: Sequence[float],
+                 noise_mode: str, noise_seeds: Sequence[int], use_res: bool = True) -> torch.Tensor:
+    """``G(latent, e, w)`` [B, 3, H, W] in [-1, 1] (``use_res=False``: the intrinsic generator)."""
+    model = net.model
+    device = next(model.generator.parameters()).device
+    noise = noise_for(model.generator, noise_seeds, noise_mode)
+    image, _ = model(latent.to(device), None if e is None else e.to(device), input_is_latent=True,
+                     interp_weights=list(weights), use_res=use_res, noise=noise, noise_mode=noise_mode)
+    return image.clamp(-1, 1).cpu()
+
+
+def _check_style_args(args: argparse.Namespace) -> None:
+    for flag, on in (("--domain", args.domain is not None), ("--pair-with", args.pair_with is not None),
+                     ("--interpolate", bool(args.interpolate))):
+        if on:
+            raise GenerateError(f"{flag} cannot be combined with --style")
+    if (args.content is None) != (args.encoder is None):
+        raise GenerateError("--content and --encoder go together (the encoder turns the photos into W+ codes)")
+    if args.content is not None and args.projected_w is not None:
+        raise GenerateError("--content and --projected-w cannot be combined; give one kind of content")
+    if args.weight_sweep and args.weight_sweep < 2:
+        raise GenerateError(f"--weight-sweep needs at least 2 frames, got {args.weight_sweep}")
+
+
+def _labels(paths: Sequence[str]) -> list[str]:
+    labels, seen = [], set()
+    for i, p in enumerate(paths):
+        label = Path(p).stem
+        if label in seen or label.startswith("seed") or label in ("grid", "sweep"):
+            label = f"{label}-{i}"
+        seen.add(label)
+        labels.append(label)
+    return labels
+
+
+def run_dualstylegan(args: argparse.Namespace, seeds: list[int], device: torch.device) -> list[Path]:
+    """``--style``: exemplar-based style transfer of random or real content (module docstring)."""
+    _check_style_args(args)
+    net = load_style_network(args.network, device)
+    table = load_style_codes(args.codes, net)
+    rows = parse_styles(args.style, table)
+    weights = parse_weights(args.weights, net.n_latent, net.res_index)
+    outdir = Path(args.outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise GenerateError(f"--outdir {outdir} exists and is not a folder")
+    # the content codes (untruncated W+) and their names
+    if args.content is not None:
+        content = encode_photos(args.content, args.encoder, net, args.batch_size)
+        labels, noise_ids = _labels(args.content), list(range(len(args.content)))
+    elif args.projected_w is not None:
+        content = read_codes(args.projected_w, net.as_network()).to(device)
+        labels, noise_ids = [f"proj{i:04d}" for i in range(content.shape[0])], list(range(content.shape[0]))
+    else:
+        with torch.no_grad():
+            w = net.model.generator.style(seed_latents(seeds, net.style_dim).to(device))
+        content = w[:, None].repeat(1, net.n_latent, 1)
+        labels, noise_ids = [f"seed{s:04d}" for s in seeds], list(seeds)
+    latent = style_truncate(net, content, args.trunc, args.trunc_center)
+    outdir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    def batches():
+        for start in range(0, content.shape[0], args.batch_size):
+            yield slice(start, start + args.batch_size), noise_ids[start:start + args.batch_size]
+
+    def stylised(row: int, w: Sequence[float]) -> torch.Tensor:  # [B, 3, H, W] over every content
+        out = []
+        for sl, ids in batches():
+            e = exemplar_codes(net, table, row, content[sl], args.preserve_color)
+            out.append(render_style(net, latent[sl], e, w, args.noise_mode, ids))
+        return torch.cat(out)
+
+    images = torch.stack([stylised(r, weights) for r in rows], dim=1)  # [B, S, 3, H, W]
+    if not args.grid_only:
+        for label, row in zip(labels, images):
+            path = outdir / f"{label}.png"
+            save_png(side_by_side(row), path)
+            written.append(path)
+    if args.grid or args.grid_only:
+        intrinsic = torch.cat([render_style(net, latent[sl], None, weights, args.noise_mode, ids, use_res=False)
+                               for sl, ids in batches()])
+        full = torch.cat([intrinsic[:, None], images], dim=1)  # content x (intrinsic, exemplars)
+        path = outdir / "grid.png"
+        save_png(grid(full.flatten(0, 1), full.shape[1]), path)
+        written.append(path)
+    if args.weight_sweep:
+        n_s = net.res_index + 1
+        frames = []  # [N] of [B, S, 3, H, W]
+        for t in np.linspace(0.0, 1.0, args.weight_sweep):
+            w_t = [float(t)] * n_s + list(weights[n_s:])
+            frames.append(torch.stack([stylised(r, w_t) for r in rows], dim=1))
+        strip = torch.stack(frames, dim=2)  # [B, S, N, 3, H, W]
+        path = outdir / "sweep.png"
+        save_png(np.concatenate([side_by_side(r) for r in strip.flatten(0, 1)], axis=0), path)
+        written.append(path)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = os.environ.get("STYLESHIFT_DEBUG", "") not in ("", "0")
@@ -524,4 +861,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 __all__ = ["parse_seeds", "seed_latents", "load_network", "truncation_center", "read_codes", "seed_wplus",
-           "synthesize", "run", "main", "GenerateError"]
+           "synthesize", "run", "main", "GenerateError", "StyleNetwork", "load_style_network", "load_style_codes",
+           "parse_styles", "parse_weights", "style_truncate", "exemplar_codes", "render_style", "encode_photos"]

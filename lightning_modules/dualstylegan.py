@@ -75,7 +75,7 @@ from losses.dualstylegan import feature_matching_loss, l2_regularization, percep
 from losses.identity import identity_loss
 from models import dualstylegan as dsg
 from models.frozen import trainable
-from models.sampler import Sampler, seeded_normal
+from models.sampler import Sampler, StyleSampler, seeded_normal
 from models.style_codes import StyleCodes, StyleCodesError
 
 log = logging.getLogger(__name__)
@@ -664,10 +664,19 @@ class DualStyleGANModule(StyleGAN2Core):
         if self.stage == "structure":
             out["structure"] = seeded(self.render_structure, 2 * d)
         for row in self.sample_styles:
-            out[f"style/{Path(self.code_names[row]).stem}"] = seeded(
-                lambda z, r=row: self.render_style(z, r), d)
+            out[f"style/{Path(self.code_names[row]).stem}"] = self._style_sampler(row)
         out["intrinsic"] = seeded(self.render_intrinsic, d)
         return out
+
+    def _style_sampler(self, row: int) -> StyleSampler:
+        """``style/<name>``: image i = G_ema(mapping(z_i), e_row); its content is image i of ``intrinsic`` (the
+        same z through g) and its exemplar the style image of ``row`` (read from ``styles`` when a metric asks;
+        docs/metrics.md, "Style transfer")."""
+        def render(idx, seed):
+            return self.render_style(seeded_normal(idx, seed, self.z_dim), row)
+
+        return StyleSampler(render, truncation=1.0, content="intrinsic", exemplar=self.code_names[row],
+                            exemplar_image=lambda: self.style_images([row]))
 
     def export(self, path: Path) -> Path:
         """``models.dualstylegan.save``: the intrinsic g, G_ema's extrinsic path, D, G's extrinsic path

@@ -65,6 +65,23 @@ class DomainSampler(Sampler):
     prompt: tuple[str, str] | None = None
 
 
+@dataclass
+class StyleSampler(Sampler):
+    """Exemplar-based style transfer (DualStyleGAN; docs/metrics.md, "Style transfer"): image ``i`` is the content
+    of image ``i`` of the sampler named ``content`` (the same latent without the style) rendered in the style of
+    the exemplar ``exemplar``.
+
+    ``exemplar_image() -> [1, 3, H, W]`` in [-1, 1] is the exemplar itself (None: not available, e.g. no style
+    folder); ``reference(indices, seed) -> [B, 3, H, W]`` renders the content images directly and takes
+    precedence over ``content`` (e.g. real content photos that no sampler renders).
+    """
+
+    content: str = "intrinsic"
+    exemplar: str = ""
+    exemplar_image: Callable[[], torch.Tensor] | None = None
+    reference: RenderFn | None = None
+
+
 def latent_sampler(generate: Callable[[torch.Tensor], torch.Tensor], z_dim: int,
                    device: torch.device | str | Callable[[], torch.device] = "cpu",
                    kind: str = "grid", truncation: float | None = None) -> Sampler:
@@ -136,5 +153,5 @@ def w_interpolation_sampler(generator: nn.Module, steps: int,
     return PathSampler(render=render, kind="strip", frames_per_path=frames)
 
 
-__all__ = ["Sampler", "PathSampler", "DomainSampler", "seeded_normal", "latent_sampler", "path_latents",
+__all__ = ["Sampler", "PathSampler", "DomainSampler", "StyleSampler", "seeded_normal", "latent_sampler", "path_latents",
            "w_interpolation_sampler"]

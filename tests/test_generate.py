@@ -229,3 +229,14 @@ def test_a_bad_file_exits_2_without_traceback(tmp_path: Path):
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "bad.pt" in lines[0]
+
+
+# ------------------------------------------------------------------------------------------ DualStyleGAN
+# (the --style selectors themselves: tests/test_dualstylegan_inference.py)
+def test_dualstylegan_flags_need_style_and_style_needs_a_dualstylegan_file(files, tmp_path: Path, capsys):
+    for extra in (["--preserve-color"], ["--weights", "full"], ["--trunc-center", "zero"], ["--weight-sweep", "3"]):
+        assert main(["--network", str(files["pt"]), *extra, "--outdir", str(tmp_path)]) == 2
+        assert "need --style" in capsys.readouterr().err
+    assert main(["--network", str(files["pt"]), "--style", "0", "--outdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a DualStyleGAN" in err[0]

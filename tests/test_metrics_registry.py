@@ -26,8 +26,9 @@ from models.sampler import Sampler, latent_sampler
 from tests.helpers_metrics import TinyRenderer, tensor_reference, tiny_sampler
 from tests.test_metrics_registry_mixdl import LPIPS_OPTS, path_sampler
 
-BUILTIN = ["clip_direction", "clip_domains", "clip_text", "domain_leakage", "fid", "intra_lpips", "kid",
-           "latent_smoothness", "lpips_align", "lpips_diversity", "nn_lpips", "reconstruction"]
+BUILTIN = ["clip_direction", "clip_domains", "clip_text", "domain_leakage", "fid", "identity_similarity",
+           "intra_lpips", "kid", "latent_smoothness", "lpips_align", "lpips_diversity", "nn_lpips", "reconstruction",
+           "style_similarity"]
 
 
 # ------------------------------------------------------------------------------ a metric in one registration
@@ -65,7 +66,8 @@ def test_builtin_kinds_and_their_sampler_needs():
     needs = {k: metric_entry(k).sampler_need for k in BUILTIN}
     assert needs["latent_smoothness"] is PATH_SAMPLER and needs["reconstruction"] is PAIRED_SAMPLER
     assert needs["domain_leakage"] is DOMAIN_SAMPLER and needs["clip_domains"] is DOMAIN_SAMPLER
-    special = ("latent_smoothness", "reconstruction", "domain_leakage", "clip_domains")
+    special = ("latent_smoothness", "reconstruction", "domain_leakage", "clip_domains", "identity_similarity",
+               "style_similarity")
     assert all(needs[k] is ANY_SAMPLER for k in BUILTIN if k not in special)
     assert metric_entry("kid").prepare is not None and metric_entry("fid").runner is metric_entry("kid").runner
     for kind in BUILTIN:
