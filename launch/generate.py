@@ -439,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a second generator of the same architecture, rendered side by side")
     dsg = p.add_argument_group("DualStyleGAN")
     dsg.add_argument("--style", default=None, help="exemplar(s) of the code table: file name, stem, row, a comma "
-                                                   "list or all")
+                                                   "list or all; random:K = K styles of --sampler")
     dsg.add_argument("--codes", default=None, metavar="FILE",
                      help="code table (models.style_codes; default: the one the export records)")
     dsg.add_argument("--weights", default="inference",
@@ -450,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     dsg.add_argument("--encoder", default=None, metavar="FILE", help="W+ encoder (models.encoders) for --content")
     dsg.add_argument("--preserve-color", action="store_true",
                      help="keep the content's colours: its colour rows replace the exemplar's")
+    dsg.add_argument("--sampler", default=None, metavar="FILE",
+                     help="sampling network N (python -m launch.style_sampler) for --style random:K")
+    dsg.add_argument("--sampler-seed", type=int, default=0, help="seed of the random styles (0)")
     dsg.add_argument("--weight-sweep", type=int, default=0, metavar="N",
                      help="sweep.png: N frames with the structure weight from 0 to 1")
     p.add_argument("--batch-size", type=int, default=16)
@@ -485,7 +488,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         return run_dualstylegan(args, seeds, device)
     used = [flag for flag, on in (("--codes", args.codes is not None), ("--content", args.content is not None),
                                   ("--encoder", args.encoder is not None), ("--preserve-color", args.preserve_color),
-                                  ("--weight-sweep", bool(args.weight_sweep)),
+                                  ("--weight-sweep", bool(args.weight_sweep)), ("--sampler", args.sampler is not None),
                                   ("--trunc-center", args.trunc_center != "mean"),
                                   ("--weights", args.weights != "inference")) if on]
     if used:
@@ -640,6 +643,28 @@ def load_style_codes(path: str | None, net: StyleNetwork):
     return table
 
 
+def random_styles(text: str, sampler_path: str | None, seed: int, net: StyleNetwork):
+    """``--style random[:K]``: a code table of K extrinsic codes drawn from the sampling network N."""
+    from models.style_codes import StyleCodes
+    from models.style_sampler import StyleSampler
+
+    count = text.strip().partition(":")[2] or "4"
+    if not count.isdigit() or int(count) < 1:
+        raise GenerateError(f"--style {text!r}: random:K needs a positive number of styles K")
+    if sampler_path is None:
+        raise GenerateError("--style random:K needs --sampler FILE (python -m launch.style_sampler writes one)")
+    try:
+        sampler = StyleSampler.load(sampler_path)
+    except (FileNotFoundError, ValueError) as err:
+        raise GenerateError(_one_line(err)) from None
+    if (sampler.n_latent, sampler.style_dim, sampler.res_index) != (net.n_latent, net.style_dim, net.res_index):
+        raise GenerateError(f"--sampler {sampler_path}: codes of [{sampler.n_latent}, {sampler.style_dim}] split at "
+                            f"row {sampler.res_index}; the generator has [{net.n_latent}, {net.style_dim}], "
+                            f"res_index {net.res_index}")
+    codes = sampler.sample(int(count), torch.Generator().manual_seed(seed))
+    return StyleCodes([f"random{i}" for i in range(int(count))], torch.zeros_like(codes), codes)
+
+
 def parse_styles(text: str, table) -> list[int]:
     """``--style``: ``all``, or comma-separated file names, stems or rows -> table rows."""
     from models.style_codes import StyleCodesError
@@ -787,8 +812,13 @@ def run_dualstylegan(args: argparse.Namespace, seeds: list[int], device: torch.d
     """``--style``: exemplar-based style transfer of random or real content (module docstring)."""
     _check_style_args(args)
     net = load_style_network(args.network, device)
-    table = load_style_codes(args.codes, net)
-    rows = parse_styles(args.style, table)
+    if args.style.strip().startswith("random"):
+        table = random_styles(args.style, args.sampler, args.sampler_seed, net)
+    else:
+        if args.sampler is not None:
+            raise GenerateError("--sampler goes with --style random:K")
+        table = load_style_codes(args.codes, net)
+    rows = parse_styles("all" if args.style.strip().startswith("random") else args.style, table)
     weights = parse_weights(args.weights, net.n_latent, net.res_index)
     outdir = Path(args.outdir)
     if outdir.exists() and not outdir.is_dir():

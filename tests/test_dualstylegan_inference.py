@@ -243,3 +243,23 @@ def test_sweep_table_rows_and_csv(files, tmp_path, capsys):
     assert [r["style"] for r in again] == [r["style"] for r in rows]
     for a, b in zip(again, rows):
         assert all(a[k] == pytest.approx(float(b[k]), rel=1e-9) for k in a if k != "style")
+
+
+def test_random_styles_from_the_sampling_network(files, tmp_path, capsys):
+    from models.style_sampler import StyleSampler, train_style_sampler
+
+    model, table = files["model"], files["table"]
+    sampler, _ = train_style_sampler(table.extrinsic, model.res_index, epochs=2, seed=0)
+    path = sampler.save(tmp_path / "n.pt")
+    assert main(["--network", str(files["export"]), "--style", "random:2", "--sampler", str(path), "--seeds", "0",
+                 "--sampler-seed", "3", "--outdir", str(tmp_path / "out")]) == 0
+    codes = StyleSampler.load(path).sample(2, torch.Generator().manual_seed(3))
+    row = png(tmp_path / "out" / "seed0000.png")
+    for k in range(2):
+        expected = own(model, [0], codes[k:k + 1], inference_w(model))[0]
+        assert np.array_equal(row[:, k * SIZE:(k + 1) * SIZE], expected), k
+    assert main(["--network", str(files["export"]), "--style", "random:2", "--outdir", str(tmp_path / "x")]) == 2
+    assert "needs --sampler" in capsys.readouterr().err
+    assert main(["--network", str(files["export"]), "--style", "bob.png", "--sampler", str(path),
+                 "--outdir", str(tmp_path / "x")]) == 2
+    assert "--sampler goes with --style random" in capsys.readouterr().err
