@@ -22,9 +22,13 @@ DEBUG_ENV = "STYLESHIFT_DEBUG"
 
 
 def config_method(path) -> str | None:
-    """The ``method:`` an experiment file sets, itself or through its ``extends`` chain (None if unreadable)."""
+    """The ``method:`` an experiment file sets, itself or through its ``extends`` chain (``"pipeline"`` for a
+    pipeline file; None if unreadable)."""
     from launch.config import experiment_chain
+    from launch.pipeline import is_pipeline
 
+    if is_pipeline(path):
+        return "pipeline"
     try:
         chain = experiment_chain(path)
     except Exception:  # noqa: BLE001 - a broken file is listed without a method, not a crash of --help

@@ -88,7 +88,8 @@ def test_help_lists_the_experiment_configs_by_method():
     assert "configs/nada/mapper.yaml" in groups["nada_mapper"] and "configs/mixdl/toy.yaml" in groups["mixdl"]
     assert "?" not in groups and all("base.yaml" not in p for paths in groups.values() for p in paths)
     text = train.configs_epilog()
-    assert text.startswith("experiment configs, by method:\n  expansion:\n    configs/expansion/")
+    assert text.startswith("experiment configs, by method:\n  dualstylegan:\n    configs/dualstylegan/")
+    assert "configs/dualstylegan/toy.yaml" in groups["pipeline"]  # the stages of a method, in order
 
 
 def test_my_folder_config_composes_at_64px(tmp_path: Path):
