@@ -165,9 +165,15 @@ def _background(hue: torch.Tensor, saturation: float, value: torch.Tensor, resol
     return bg.view(n, 3, 1, 1).expand(n, 3, resolution, resolution).clone()
 
 
-def _draw_faces(f: dict, resolution: int) -> torch.Tensor:
+def _draw_faces(f: dict, resolution: int, colours: dict | None = None) -> torch.Tensor:
+    """Faces of factors ``f``; ``colours`` (optional ``"bg"``, ``"skin"``, ``"hair"``: ``[N, 3]`` RGB in [0, 1])
+    replaces the colours the factors would give (the toy styles' palette)."""
+    colours = colours or {}
     x, y, s = _grid(resolution)
-    canvas = _background(f["bg_hue"], 0.35, f["bg_value"], resolution)
+    if "bg" in colours:
+        canvas = colours["bg"].view(-1, 3, 1, 1).expand(-1, 3, resolution, resolution).clone()
+    else:
+        canvas = _background(f["bg_hue"], 0.35, f["bg_value"], resolution)
     cx, cy = _col(f["face_x"]) * s, _col(f["face_y"]) * s
     rx = _col(f["face_size"]) * s
     ry = rx * _col(f["face_aspect"])
@@ -175,6 +181,7 @@ def _draw_faces(f: dict, resolution: int) -> torch.Tensor:
     lo = torch.floor(h).long().clamp(max=2)
     hair = _HAIR[lo] + (_HAIR[lo + 1] - _HAIR[lo]) * (h - lo)[:, None]
     skin = _SKIN_LIGHT[None] + (_SKIN_DARK - _SKIN_LIGHT)[None] * f["skin_tone"][:, None]
+    hair, skin = colours.get("hair", hair), colours.get("skin", skin)
 
     hair_cy = cy - 0.22 * ry
     hair_sdf = _ellipse(x, y, cx, hair_cy, 1.10 * rx, 1.00 * ry)
@@ -240,6 +247,98 @@ def write_toy_folder(path: str | os.PathLike, n: int, resolution: int = 32, kind
     images, _ = render_toy(range(n), resolution, kind, seed)
     for i, img in enumerate(images):
         Image.fromarray(img.permute(1, 2, 0).numpy()).save(root / toy_name(i))
+    return root
+
+
+# ---------------------------------------------------------------------------------------- toy styles
+#: The toy styles' "cartoon" palette: skin, hair and background colours no plain toy face has.
+_STYLE_SKIN = torch.tensor([[0.55, 0.85, 0.45],   # green
+                            [0.55, 0.75, 0.98],   # sky blue
+                            [0.80, 0.62, 0.98],   # lavender
+                            [0.98, 0.55, 0.20]])  # orange
+_STYLE_HAIR = torch.tensor([[0.95, 0.10, 0.65],   # magenta
+                            [0.05, 0.85, 0.90],   # cyan
+                            [0.60, 0.95, 0.05],   # lime
+                            [0.35, 0.05, 0.75]])  # purple
+STYLE_EYE_SCALE = (1.2, 2.0)
+STYLE_ASPECT_SCALE = (0.8, 1.25)
+STYLE_ASPECT_RANGE = (0.85, 1.5)
+STYLE_BG_SATURATION, STYLE_BG_VALUE = 0.85, 0.9
+#: Factors :func:`render_toy_styles` adds to FACE_FACTORS: the structure multipliers (effective, after the
+#: eye size and face aspect are kept in range) and the palette's own parameters.
+STYLE_FACTORS = ("eye_scale", "aspect_scale", "style_skin", "style_hair", "style_bg_hue")
+
+
+def _palette(table: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear colour of ``t`` in [0, len(table) - 1] along the rows of ``table``: [N, 3]."""
+    lo = torch.floor(t).long().clamp(max=len(table) - 2)
+    return table[lo] + (table[lo + 1] - table[lo]) * (t - lo)[:, None]
+
+
+def toy_style_factors(indices, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Factors of toy style exemplars ``indices``: the plain toy face of the same index (:func:`toy_factors`)
+    with bigger eyes (``eye_size`` x U(1.2, 2.0), at most 0.95 ``eye_spacing`` so the eyes never overlap), a
+    rescaled face (``face_aspect`` x U(0.8, 1.25), kept in [0.85, 1.5]) and a cartoon palette; ``eye_scale`` /
+    ``aspect_scale`` are the multipliers actually applied, ``style_skin`` / ``style_hair`` in [0, 3] index
+    the palettes, ``style_bg_hue`` the saturated background's hue."""
+    indices = list(indices)
+    f = toy_factors(indices, seed, "faces")
+    u = np.stack([np.random.default_rng([int(seed), int(i), len(KINDS), 1]).random(5) for i in indices]) \
+        if indices else np.zeros((0, 5))
+    u = torch.from_numpy(u).float()
+    eye = torch.minimum(f["eye_size"] * _lin(u[:, 0], *STYLE_EYE_SCALE), 0.95 * f["eye_spacing"])
+    aspect = (f["face_aspect"] * _lin(u[:, 1], *STYLE_ASPECT_SCALE)).clamp(*STYLE_ASPECT_RANGE)
+    out = dict(f)
+    out.update(eye_size=eye, face_aspect=aspect, eye_scale=eye / f["eye_size"],
+               aspect_scale=aspect / f["face_aspect"], style_skin=3.0 * u[:, 2], style_hair=3.0 * u[:, 3],
+               style_bg_hue=u[:, 4])
+    return out
+
+
+def style_colours(factors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """RGB ``[N, 3]`` of the toy styles' skin, hair and background (``"skin"``, ``"hair"``, ``"bg"``)."""
+    n = len(factors["style_bg_hue"])
+    return {"skin": _palette(_STYLE_SKIN, factors["style_skin"]), "hair": _palette(_STYLE_HAIR, factors["style_hair"]),
+            "bg": hsv_to_rgb(factors["style_bg_hue"], torch.full((n,), STYLE_BG_SATURATION),
+                             torch.full((n,), STYLE_BG_VALUE))}
+
+
+def render_toy_styles(indices, resolution: int, seed: int = 0) -> tuple[torch.Tensor, dict]:
+    """Toy *style* exemplars (DualStyleGAN's style images on the toy faces; docs/methods/dualstylegan.md): images
+    ``uint8 [N, 3, R, R]`` and factors (FACE_FACTORS with the changed ``eye_size`` / ``face_aspect``, plus
+    STYLE_FACTORS) of the given indices. Exemplar ``i`` is the plain toy face ``i`` of :func:`render_toy` with
+    its *structure* changed (bigger eyes, another face aspect) and its *palette* replaced (cartoon skin, hair
+    and a saturated background); a pure function of ``(seed, i, resolution)``."""
+    if not isinstance(resolution, int) or resolution < 8:
+        raise ValueError(f"resolution must be an int >= 8, got {resolution!r}")
+    indices = list(indices)
+    factors = toy_style_factors(indices, seed)
+    chunks = []
+    for start in range(0, len(indices), _CHUNK):
+        part = {k: v[start:start + _CHUNK] for k, v in factors.items()}
+        img = _draw_faces(part, resolution, style_colours(part))
+        chunks.append(torch.round(img.clamp_(0.0, 1.0) * 255.0).to(torch.uint8))
+    images = torch.cat(chunks) if chunks else torch.zeros(0, 3, resolution, resolution, dtype=torch.uint8)
+    return images, factors
+
+
+def toy_style_name(index: int) -> str:
+    """File name of toy style exemplar ``index`` (a code table keys its rows by it)."""
+    return f"style_{index:06d}.png"
+
+
+def write_toy_style_folder(path: str | os.PathLike, n: int, resolution: int = 32, seed: int = 0,
+                           start: int = 0) -> Path:
+    """Write toy style exemplars ``start..start+n-1`` as ``style_000000.png ...`` (:func:`toy_style_name`) under
+    ``path`` and their factors as ``factors.json`` (name -> factor -> value); return the folder."""
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    indices = range(start, start + n)
+    images, factors = render_toy_styles(indices, resolution, seed)
+    for i, img in zip(indices, images):
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(root / toy_style_name(i))
+    table = {toy_style_name(i): {k: float(v[j]) for k, v in factors.items()} for j, i in enumerate(indices)}
+    (root / "factors.json").write_text(json.dumps(table, indent=1))
     return root
 
 
