@@ -66,7 +66,8 @@ def sha256_module(module: torch.nn.Module) -> str:
 def _pool() -> ThreadPoolExecutor:
     global _POOL
     if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="clean-resize")
+        # sized from torch's thread budget, not the machine's core count (the two share the same cores)
+        _POOL = ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()), thread_name_prefix="clean-resize")
     return _POOL
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -21,6 +21,20 @@ from models.stylegan2_layers import (ConstantInput, ConvLayer, EqualLinear, Pixe
                                      StyledConv, ToRGB)
 
 NOISE_MODES = ("random", "const", "none")
+
+_COMPILED: dict[str, Callable] = {}
+
+
+def _compiled(name: str, fn: Callable) -> Callable:
+    """One ``torch.compile`` of the plain function ``fn`` per name, built on first use; the module is an
+    argument (not captured), so copies (EMA) and pickles of the module carry nothing compiled."""
+    if name not in _COMPILED:
+        _COMPILED[name] = torch.compile(fn)
+    return _COMPILED[name]
+
+
+def _should_compile(module: nn.Module) -> bool:
+    return bool(getattr(module, "use_compile", False)) and not torch.compiler.is_compiling()
 
 
 def default_channels(channel_multiplier: int = 2) -> dict[int, int]:
@@ -54,15 +68,20 @@ class Generator(nn.Module):
 
     ``fused_modconv`` selects the modulated-conv formulation: ``True`` (grouped conv), ``False``
     (shared-weight conv with activation scaling) or ``"auto"``. Both are exact (docs/methods/stylegan2.md,
-    "Fast paths"). ``"auto"`` uses the non-fused form on CPU, where ``bench/stylegan2.py`` measured it as
-    fast or faster in every case, and while gradients are recorded; grouped convs only for CUDA inference
-    (NVIDIA's policy).
+    "Fast paths"). ``"auto"`` lets every layer choose from its shape (``fused_policy``): on CPU from the
+    measured table of docs/methods/stylegan2.md, "Modulation policy"; elsewhere grouped convs for inference
+    and the shared-weight form while gradients are recorded (NVIDIA's policy).
+
+    ``compile=True`` (attribute ``use_compile``) runs the synthesis network through ``torch.compile``
+    (opt-in; the first call compiles, same outputs).
     """
 
     def __init__(self, size: int, style_dim: int = 512, n_mlp: int = 8, channel_multiplier: int = 2,
                  blur_kernel: Sequence[float] = (1, 3, 3, 1), lr_mlp: float = 0.01,
-                 channels: Mapping[int, int] | None = None, conv_clamp: float | None = None):
+                 channels: Mapping[int, int] | None = None, conv_clamp: float | None = None,
+                 compile: bool = False):
         super().__init__()
+        self.use_compile = compile
         self.size = size
         self.style_dim = style_dim
         self.n_mlp = n_mlp
@@ -126,9 +145,11 @@ class Generator(nn.Module):
         """The stored ``noises.noise_{i}`` buffers (``randomize_noise=False`` / NVIDIA ``const``)."""
         return [getattr(self.noises, f"noise_{i}") for i in range(self.num_layers)]
 
-    def _use_fused(self) -> bool:
+    def _use_fused(self) -> bool | str:
+        """The ``fused`` argument for the layers: ``True``/``False`` when forced, ``"auto"`` to let every
+        modulated conv pick its formulation from its shape (``models.stylegan2_layers.fused_policy``)."""
         if self.fused_modconv == "auto":
-            return self.input.input.device.type == "cuda" and not torch.is_grad_enabled()
+            return "auto"
         return bool(self.fused_modconv)
 
     # ----------------------------------------------------------------------------------- forward
@@ -158,6 +179,13 @@ class Generator(nn.Module):
 
         Returns the image, or ``(image, feats)`` with the activation after every StyledConv.
         """
+        if _should_compile(self):
+            return _compiled("Generator.synthesis", Generator._synthesis)(self, latent, noise, noise_mode,
+                                                                          return_feats)
+        return self._synthesis(latent, noise, noise_mode, return_feats)
+
+    def _synthesis(self, latent: torch.Tensor, noise: Sequence[torch.Tensor | None] | None = None,
+                   noise_mode: str = "random", return_feats: bool = False):
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         if noise is None:
@@ -208,12 +236,14 @@ class Discriminator(nn.Module):
     """StyleGAN2 residual discriminator with minibatch stddev (docs/methods/stylegan2.md, "Discriminator").
 
     ``mbstd_group_size=None`` uses the whole batch as one group (TF-converted NVIDIA models).
+    ``compile=True`` (attribute ``use_compile``) runs ``forward`` through ``torch.compile`` (opt-in).
     """
 
     def __init__(self, size: int, channel_multiplier: int = 2, channels: Mapping[int, int] | None = None,
                  mbstd_group_size: int | None = 4, conv_clamp: float | None = None,
-                 blur_kernel: Sequence[float] = (1, 3, 3, 1)):
+                 blur_kernel: Sequence[float] = (1, 3, 3, 1), compile: bool = False):
         super().__init__()
+        self.use_compile = compile
         self.size = size
         self.channels = resolve_channels(size, channel_multiplier, channels)
         self.conv_clamp = conv_clamp
@@ -249,6 +279,11 @@ class Discriminator(nn.Module):
     def forward(self, x: torch.Tensor, return_feats: bool = False):
         """Logits [B, 1]; with ``return_feats`` also the output of every ``convs`` block and of
         ``final_conv`` (the last entry is the penultimate feature map)."""
+        if _should_compile(self):
+            return _compiled("Discriminator.forward", Discriminator._forward)(self, x, return_feats)
+        return self._forward(x, return_feats)
+
+    def _forward(self, x: torch.Tensor, return_feats: bool = False):
         feats = []
         out = x
         for block in self.convs:

@@ -14,7 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.stylegan2_ops import blur, downsample2d, fused_leaky_relu, make_kernel, upsample2d
+from models.stylegan2_ops import (SQRT2, blur, downsample2d, fused_leaky_relu, leaky_relu_, make_kernel,
+                                  upsample2d)
+
+#: ``fused`` argument of the modulated convolutions that picks the formulation per layer from its shape
+AUTO = "auto"
 
 
 class PixelNorm(nn.Module):
@@ -49,10 +53,11 @@ class EqualLinear(nn.Module):
         self.lr_mul = lr_mul
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = self.bias * self.lr_mul if self.bias is not None else None
-        if self.activation:
-            return fused_leaky_relu(F.linear(x, self.weight * self.scale), bias)
-        return F.linear(x, self.weight * self.scale, bias=bias)
+        # lrelu(a) * sqrt(2) == lrelu(sqrt(2) a): the activation gain is folded into the weight and bias
+        gain = SQRT2 if self.activation else 1.0
+        bias = self.bias * (self.lr_mul * gain) if self.bias is not None else None
+        out = F.linear(x, self.weight * (self.scale * gain), bias=bias)
+        return leaky_relu_(out) if self.activation else out
 
 
 class EqualConv2d(nn.Module):
@@ -96,8 +101,8 @@ class Upsample(nn.Module):
         super().__init__()
         self.register_buffer("kernel", make_kernel(kernel) * factor ** 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return upsample2d(x, self.kernel)
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return upsample2d(x, self.kernel, bias=bias)
 
 
 class ModulatedConv2d(nn.Module):
@@ -135,40 +140,86 @@ class ModulatedConv2d(nn.Module):
             wsq = (self.weight[0].to(dtype) * self.scale).pow(2).sum([2, 3])  # [O, I]
             return torch.rsqrt(s.to(dtype).pow(2) @ wsq.t() + self.eps)
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor, fused: bool = True) -> torch.Tensor:
-        s = self.modulation(style)  # [B, I]
-        if fused:
-            return self._fused(x, s)
-        return self._nonfused(x, s)
+    def forward(self, x: torch.Tensor, style: torch.Tensor, fused: bool | str = True) -> torch.Tensor:
+        return self.modulated(x, self.modulation(style), fused)
 
-    def _fused(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    def use_fused(self, fused: bool | str, x: torch.Tensor) -> bool:
+        """Resolve ``fused``: ``True``/``False`` as given, ``"auto"`` from this layer's shape
+        (:func:`fused_policy`)."""
+        if fused != AUTO:
+            return bool(fused)
+        return fused_policy(x.shape[0], self.in_channel, self.out_channel, x.shape[-1], self.kernel_size,
+                            self.upsample, x.device.type, torch.is_grad_enabled())
+
+    def modulated(self, x: torch.Tensor, s: torch.Tensor, fused: bool | str = True, gain: float = 1.0,
+                  bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``gain * (modconv(x; s) [demodulated] [2x up + blur]) + bias`` from the styles ``s`` [B, I].
+
+        The constant ``gain`` rides on the (small) weight or demodulation factors and ``bias`` [O] on a
+        convolution that runs anyway, so neither costs a pass over the output."""
+        if self.use_fused(fused, x):
+            return self._fused(x, s, gain, bias)
+        return self._nonfused(x, s, gain, bias)
+
+    def _fused(self, x: torch.Tensor, s: torch.Tensor, gain: float = 1.0,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
         b, i, h, w = x.shape
         k, o = self.kernel_size, self.out_channel
-        weight = self.scale * self.weight * s.view(b, 1, i, 1, 1)
+        weight = (self.scale * gain) * self.weight * s.view(b, 1, i, 1, 1)
         if self.demodulate:
             weight = weight * self.demodulation(s).to(weight.dtype).view(b, o, 1, 1, 1)
         x = x.reshape(1, b * i, h, w)
         if self.upsample:
             weight = weight.transpose(1, 2).reshape(b * i, o, k, k)
             out = F.conv_transpose2d(x, weight.to(x.dtype), padding=0, stride=2, groups=b)
-            out = self.blur(out.view(b, o, *out.shape[2:]))
-        else:
-            out = F.conv2d(x, weight.reshape(b * o, i, k, k).to(x.dtype), padding=self.padding, groups=b)
-            out = out.view(b, o, *out.shape[2:])
-        return out
+            return blur(out.view(b, o, *out.shape[2:]), self.blur.kernel, self.blur.pad, bias=bias)
+        conv_bias = None if bias is None else bias.to(x.dtype).repeat(b)
+        out = F.conv2d(x, weight.reshape(b * o, i, k, k).to(x.dtype), bias=conv_bias, padding=self.padding,
+                       groups=b)
+        return out.view(b, o, *out.shape[2:])
 
-    def _nonfused(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    def _nonfused(self, x: torch.Tensor, s: torch.Tensor, gain: float = 1.0,
+                  bias: torch.Tensor | None = None) -> torch.Tensor:
         x = x * s.to(x.dtype)[:, :, None, None]
         weight = (self.weight[0] * self.scale).to(x.dtype)
         if self.upsample:
-            out = F.conv_transpose2d(x, weight.transpose(0, 1), padding=0, stride=2)
+            out = blur(F.conv_transpose2d(x, weight.transpose(0, 1), padding=0, stride=2),
+                       self.blur.kernel, self.blur.pad)  # the blur commutes with the per-channel d
         else:
             out = F.conv2d(x, weight, padding=self.padding)
+        scale = None
         if self.demodulate:
-            out = out * self.demodulation(s).to(out.dtype)[:, :, None, None]
-        if self.upsample:
-            out = self.blur(out)
-        return out
+            scale = self.demodulation(s).to(out.dtype)
+            if gain != 1.0:
+                scale = scale * gain
+        elif gain != 1.0:
+            scale = out.new_full((1, 1), gain)
+        if scale is None:
+            return out if bias is None else out + bias.to(out.dtype).view(1, -1, 1, 1)
+        scale = scale[:, :, None, None]
+        if bias is None:
+            return out * scale
+        return torch.addcmul(bias.to(out.dtype).view(1, -1, 1, 1), out, scale)  # one pass: b + out * d
+
+
+def fused_policy(batch: int, in_channel: int, out_channel: int, size: int, kernel_size: int, upsample: bool,
+                 device: str, grad: bool) -> bool:
+    """``fused_modconv="auto"``: whether a modulated conv of this shape uses the grouped (fused) form.
+
+    CUDA: grouped convs for inference, the shared-weight form while gradients are recorded (NVIDIA's policy).
+    CPU: chosen per layer from ``bench/modconv_policy.py`` (docs/methods/stylegan2.md, "Fast paths"): the
+    fused form pays for modulating the weight (``B*O*I*k*k``) instead of two passes over the activations
+    (``B*I*H*W`` for ``x*s`` and ``B*O*H'*W'`` for ``out*d``), and a grouped conv per sample.
+    """
+    if device != "cpu":
+        return not grad
+    out_size = size * 2 if upsample else size
+    activations = in_channel * size * size + out_channel * out_size * out_size
+    weight = out_channel * in_channel * kernel_size * kernel_size
+    ratio = activations / weight
+    if upsample and batch > 1:  # grouped transposed convs lose unless the activations dominate by far
+        return ratio > 8
+    return ratio > 1
 
 
 class NoiseInjection(nn.Module):
@@ -210,18 +261,28 @@ class StyledConv(nn.Module):
         self.activate = FusedLeakyReLU(out_channel, clamp=conv_clamp)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None = None,
-                noise_mode: str = "random", fused: bool = True) -> torch.Tensor:
-        out = self.conv(x, style, fused=fused)
+                noise_mode: str = "random", fused: bool | str = True) -> torch.Tensor:
+        # lrelu(y + n + b) * sqrt(2) == lrelu(sqrt(2) y + sqrt(2) n + sqrt(2) b): the gain rides on the
+        # modulation weights / demodulation factors, the bias on the convolution (docs/methods/stylegan2.md,
+        # "Fast paths"); what is left is one noise add and the activation, in place on the fresh output.
+        conv, act = self.conv, self.activate
+        bias = act.bias * SQRT2 if act.bias is not None else None
+        out = conv.modulated(x, conv.modulation(style), fused, gain=SQRT2, bias=bias)
         if noise_mode != "none":
-            out = self.noise(out, noise=noise)
-        return self.activate(out)
+            if noise is None:
+                b, _, h, w = out.shape
+                noise = out.new_empty(b, 1, h, w).normal_()
+            strength = self.noise.weight.to(out.dtype) * SQRT2
+            out = out.add_(strength * noise.to(out.dtype))  # [B|1, 1, H, W] broadcast over channels
+        return leaky_relu_(out, clamp=act.clamp)
 
 
 class ToRGB(nn.Module):
     """1x1 modulated conv to RGB (no demodulation) + bias, plus the upsampled skip
     (docs/methods/stylegan2.md, "ToRGB and skips").
 
-    Computed as an einsum, which avoids the 1x1 grouped-conv path.
+    Computed as one batched matmul with the style folded into the [3, I] weight, the bias and the
+    upsampled skip as its added term (docs/methods/stylegan2.md, "Fast paths").
     """
 
     def __init__(self, in_channel: int, style_dim: int, upsample: bool = True,
@@ -237,9 +298,14 @@ class ToRGB(nn.Module):
                 skip: torch.Tensor | None = None) -> torch.Tensor:
         conv = self.conv
         s = conv.modulation(style)
-        weight = (conv.weight[0, :, :, 0, 0] * conv.scale).to(x.dtype)
-        out = torch.einsum("oi,bihw->bohw", weight, x * s.to(x.dtype)[:, :, None, None])
-        out = out + self.bias.to(out.dtype)
+        b, i, h, w = x.shape
+        # the style rides on the [3, I] weight, so the activations are read once, by one batched matmul
+        weight = ((conv.weight[0, :, :, 0, 0] * conv.scale)[None] * s[:, None, :]).to(x.dtype)  # [B, 3, I]
+        x = x.reshape(b, i, h * w)
+        if skip is not None and self.conv_clamp is None:
+            base = self.upsample(skip, bias=self.bias.view(-1)).to(x.dtype)  # skip + bias in one conv
+            return torch.baddbmm(base.reshape(b, 3, h * w), weight, x).view(b, 3, h, w)
+        out = torch.baddbmm(self.bias.to(x.dtype).view(1, 3, 1), weight, x).view(b, 3, h, w)
         if self.conv_clamp is not None:
             out = out.clamp(-self.conv_clamp, self.conv_clamp)
         if skip is not None:
@@ -274,18 +340,31 @@ class ConvLayer(nn.Sequential):
         super().__init__(*layers)
         self.downsample = downsample
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+        """The layer's output times ``gain`` (> 0; ``ResBlock`` folds its ``1/sqrt(2)`` in here).
+
+        The blur pads through its convolution's ``padding``; the activation gain ``sqrt(2)`` and ``gain``
+        are folded into the conv weight and bias, so the bias add and the gains cost no pass."""
         modules = list(self)
         if self.downsample:
             blur_mod, conv = modules[0], modules[1]
             if conv.weight.shape[-1] == 1:
-                x = conv(downsample2d(x, blur_mod.kernel, blur_mod.pad), stride=1)
+                x, stride = downsample2d(x, blur_mod.kernel, blur_mod.pad), 1
             else:
-                x = conv(blur_mod(x))
-            modules = modules[2:]
-        for m in modules:
-            x = m(x)
-        return x
+                x, stride = blur_mod(x), conv.stride
+            act = modules[2] if len(modules) > 2 else None
+        else:
+            conv, stride = modules[0], modules[0].stride
+            act = modules[1] if len(modules) > 1 else None
+        g = gain * (SQRT2 if act is not None else 1.0)
+        if act is not None and act.bias is not None:
+            bias = act.bias * g
+        else:
+            bias = conv.bias * g if conv.bias is not None else None
+        out = F.conv2d(x, conv.weight * (conv.scale * g), bias=bias, stride=stride, padding=conv.padding)
+        if act is None:
+            return out
+        return leaky_relu_(out, clamp=None if act.clamp is None else act.clamp * gain)
 
 
 class ResBlock(nn.Module):
@@ -301,4 +380,6 @@ class ResBlock(nn.Module):
                               blur_kernel=blur_kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.conv2(self.conv1(x)) + self.skip(x)) / math.sqrt(2)
+        g = 1 / math.sqrt(2)  # folded into both branches' weights
+        out = self.conv2(self.conv1(x), gain=g)
+        return out.add_(self.skip(x, gain=g))
