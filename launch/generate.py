@@ -706,22 +706,13 @@ def parse_weights(text: str, n_latent: int, res_index: int) -> list[float]:
 
 
 def read_photo(path: str | os.PathLike, size: int) -> torch.Tensor:
-    """One RGB photo [3, size, size] in [-1, 1]: centre square crop, Lanczos resize."""
-    from PIL import Image, UnidentifiedImageError
+    """One RGB photo [3, size, size] in [-1, 1]: centre square crop, Lanczos resize (``models.image_io``)."""
+    from models.image_io import read_image
 
     try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            w, h = img.size
-            if w != h:
-                s = min(w, h)
-                img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.LANCZOS)
-            arr = np.asarray(img, dtype=np.uint8).copy()
-    except (OSError, UnidentifiedImageError) as err:
-        raise GenerateError(f"--content: cannot read {path} ({type(err).__name__})") from None
-    return torch.from_numpy(arr).permute(2, 0, 1).float() / 127.5 - 1.0
+        return read_image(path, size)
+    except ValueError as err:
+        raise GenerateError(f"--content: {err}") from None
 
 
 @torch.no_grad()

@@ -59,7 +59,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
@@ -762,18 +761,9 @@ def _resize(images: Tensor, size: int | None) -> Tensor:
 
 def _read_image(path: Path, size: int) -> Tensor:
     """One RGB image [3, size, size] in [-1, 1]: centre square crop and Lanczos resize when it is not that size."""
-    from PIL import Image
+    from models.image_io import read_image
 
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        w, h = img.size
-        if w != h:
-            s = min(w, h)
-            img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.LANCZOS)
-        arr = np.asarray(img, dtype=np.uint8).copy()
-    return torch.from_numpy(arr).permute(2, 0, 1).float() / 127.5 - 1.0
+    return read_image(path, size)
 
 
 __all__ = ["DualStyleGANModule", "StepInputs", "default_mixing_layers", "STAGES", "IDENTITY_ASSET"]

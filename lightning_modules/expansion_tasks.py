@@ -161,16 +161,13 @@ def _image_files(folder: str, name: str) -> list[Path]:
 
 
 def _read_image(path: Path, name: str) -> Tensor:
-    """[3, H, W] in [-1, 1]; an unreadable file is a clear error naming it."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    """[3, H, W] in [-1, 1]; an unreadable file is a clear error naming it and the task."""
+    from models.image_io import read_image
 
     try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.float32)
-    except (OSError, UnidentifiedImageError) as err:
-        raise ValueError(f"task {name!r}: cannot read image {path} ({err})") from None
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1) / 127.5 - 1.0
+        return read_image(path)
+    except ValueError as err:
+        raise ValueError(f"task {name!r}: {err}") from None
 
 
 def _load_person(images: str, anchors: str, name: str) -> tuple[Tensor, Tensor]:

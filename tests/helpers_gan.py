@@ -1,5 +1,10 @@
-"""Shared pieces of the GAN-module tests: the tiny architecture, random image data, one intra-op thread."""
+"""Shared pieces of the GAN-module tests: the tiny architecture, random image data, one intra-op thread, a quiet
+CPU Trainer and the resume / DDP equality checks every method passes."""
 from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Callable
 
 import pytest
 import pytorch_lightning as pl
@@ -56,3 +61,40 @@ def grouped(**flat) -> dict:
         else:
             out.setdefault(group, {})[key] = value
     return out
+
+
+def cpu_trainer(**kwargs) -> pl.Trainer:
+    """A quiet single-CPU Trainer without logger or checkpoints, in a fresh temporary directory (exports go there)."""
+    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False, default_root_dir=tempfile.mkdtemp(prefix="styleshift-test-"))
+    return pl.Trainer(**{**defaults, **kwargs})
+
+
+def assert_resume_matches(build: Callable[[], pl.LightningModule], data: Callable[[], pl.LightningDataModule],
+                          tmp_path: Path, epochs: int = 2) -> tuple[pl.LightningModule, pl.LightningModule]:
+    """``epochs`` uninterrupted epochs and ``epochs // 2`` + a checkpoint + a resume (from another global RNG
+    state) end with bit-identical state dicts and iteration counts; returns (uninterrupted, resumed)."""
+    full = build()
+    cpu_trainer(max_epochs=epochs).fit(full, data())
+    first = build()
+    half = cpu_trainer(max_epochs=epochs // 2)
+    half.fit(first, data())
+    half.save_checkpoint(tmp_path / "half.ckpt")
+    torch.manual_seed(5)  # the global RNG must not matter
+    resumed = build()
+    cpu_trainer(max_epochs=epochs).fit(resumed, data(), ckpt_path=tmp_path / "half.ckpt")
+    assert resumed.iteration == full.iteration > first.iteration
+    for key, value in full.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    return full, resumed
+
+
+def assert_ddp_ranks_identical(module: pl.LightningModule, data: pl.LightningDataModule, tmp_path: Path) -> None:
+    """A 2-process CPU DDP fit (fork) ends with identical state dicts on both ranks."""
+    trainer = cpu_trainer(devices=2, strategy="ddp_fork_find_unused_parameters_true", max_epochs=1,
+                          callbacks=[SaveState(tmp_path)])
+    trainer.fit(module, data)
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert rank0.keys() == rank1.keys()
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key

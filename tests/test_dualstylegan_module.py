@@ -3,11 +3,9 @@ schedule, what trains (extrinsic path and D only), the res-only EMA, samplers an
 resume exactness and 2-process DDP."""
 from __future__ import annotations
 
-import tempfile
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
@@ -16,7 +14,8 @@ from models import checkpoints
 from models import dualstylegan as dsg
 from models.stylegan2 import Discriminator, Generator
 from models.style_codes import StyleCodes, StyleCodesError
-from tests.helpers_gan import RandomImages, SaveState, one_thread  # noqa: F401 (autouse fixture)
+from tests.helpers_gan import (RandomImages, assert_ddp_ranks_identical, assert_resume_matches,  # noqa: F401
+                               cpu_trainer, one_thread)
 
 ARCH = dict(size=16, style_dim=16, n_mlp=2, channels={4: 16, 8: 16, 16: 16})
 N_LATENT = 6
@@ -80,10 +79,7 @@ def style(init, codes, styles, **kwargs) -> DualStyleGANModule:
     return DualStyleGANModule(**{**options, **kwargs})
 
 
-def trainer(**kwargs) -> pl.Trainer:
-    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False, default_root_dir=tempfile.mkdtemp(prefix="styleshift-test-"))
-    return pl.Trainer(**{**defaults, **kwargs})
+trainer = cpu_trainer
 
 
 def vgg(module, images):
@@ -333,28 +329,12 @@ def test_resume_reproduces_the_uninterrupted_run(parent, stage2_export, codes, s
     def build():
         return structure(parent) if stage == "structure" else style(stage2_export, codes, styles)
 
-    full = build()
-    trainer(max_epochs=2).fit(full, RandomImages(n=4, batch_size=2))
-    first = build()
-    t1 = trainer(max_epochs=1)
-    t1.fit(first, RandomImages(n=4, batch_size=2))
-    t1.save_checkpoint(tmp_path / "half.ckpt")
-    torch.manual_seed(5)
-    resumed = build()
-    trainer(max_epochs=2).fit(resumed, RandomImages(n=4, batch_size=2), ckpt_path=tmp_path / "half.ckpt")
-    assert resumed.iteration == full.iteration == 4
-    for key, value in full.state_dict().items():
-        assert torch.equal(value, resumed.state_dict()[key]), key
+    assert_resume_matches(build, lambda: RandomImages(n=4, batch_size=2), tmp_path)
 
 
 def test_ddp_ranks_end_with_identical_parameters(stage2_export, codes, styles, tmp_path):
     module = style(stage2_export, codes, styles, gan={"r1_interval": 2, "pl_interval": 2})
-    t = trainer(devices=2, strategy="ddp_fork_find_unused_parameters_true", max_epochs=1,
-                callbacks=[SaveState(tmp_path)])
-    t.fit(module, RandomImages(n=8, batch_size=2))
-    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
-    for key in rank0:
-        assert torch.equal(rank0[key], rank1[key]), key
+    assert_ddp_ranks_identical(module, RandomImages(n=8, batch_size=2), tmp_path)
 
 
 def test_a_missing_identity_network_is_a_clear_error_and_none_turns_the_term_off(stage2_export, codes, styles,

@@ -2,10 +2,8 @@
 staged expansion, resume and DDP."""
 from __future__ import annotations
 
-import tempfile
 
 import pytest
-import pytorch_lightning as pl
 import torch
 
 from lightning_modules.expansion import ExpansionModule
@@ -13,7 +11,8 @@ from lightning_modules.expansion_tasks import build_tasks
 from models import checkpoints
 from models.expansion import ExpansionBasis, assign_dimensions, dormancy, sefa_basis, style_affine_weights
 from models.stylegan2 import Discriminator, Generator
-from tests.helpers_gan import RandomImages, SaveState, one_thread  # noqa: F401 (autouse fixture)
+from tests.helpers_gan import (RandomImages, assert_ddp_ranks_identical, assert_resume_matches,  # noqa: F401
+                               cpu_trainer, one_thread)
 
 ARCH = dict(size=16, style_dim=16, n_mlp=2, channels={4: 16, 8: 16, 16: 16})
 TASKS = [{"type": "color", "name": "red", "color": [1.0, -1.0, -1.0]}, {"type": "flip", "name": "mirror"}]
@@ -38,10 +37,7 @@ def tiny(parent, **kwargs) -> ExpansionModule:
     return ExpansionModule(**{**options, **kwargs})
 
 
-def trainer(**kwargs) -> pl.Trainer:
-    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False, default_root_dir=tempfile.mkdtemp(prefix="styleshift-test-"))
-    return pl.Trainer(**{**defaults, **kwargs})
+trainer = cpu_trainer
 
 
 # ---------------------------------------------------------------------------------------------- geometry
@@ -189,30 +185,14 @@ def test_resume_reproduces_the_uninterrupted_run(parent, target_images, tmp_path
         return adversarial_module(parent, target_images, gan={"pl_weight": 0.0, "r1_interval": 2}) if fewshot \
             else tiny(parent)
 
-    full = build()
-    trainer(max_epochs=2).fit(full, RandomImages(n=8, batch_size=4))
-    first = build()
-    t1 = trainer(max_epochs=1)
-    t1.fit(first, RandomImages(n=8, batch_size=4))
-    t1.save_checkpoint(tmp_path / "half.ckpt")
-    torch.manual_seed(5)
-    resumed = build()
-    trainer(max_epochs=2).fit(resumed, RandomImages(n=8, batch_size=4), ckpt_path=tmp_path / "half.ckpt")
-    assert resumed.iteration == full.iteration == 4
-    for key, value in full.state_dict().items():
-        assert torch.equal(value, resumed.state_dict()[key]), key
+    assert_resume_matches(build, lambda: RandomImages(n=8, batch_size=4), tmp_path)
 
 
 def test_ddp_ranks_end_with_identical_parameters(parent, target_images, tmp_path):
     fewshot = {"type": "adversarial", "name": "fewshot", "images": str(target_images), "batch": 2}
     module = tiny(parent, tasks=[fewshot, *TASKS],
                   gan={"pl_weight": 2.0, "pl_interval": 2, "r1_interval": 2, "mixing_prob": 0.0})
-    t = trainer(devices=2, strategy="ddp_fork_find_unused_parameters_true", max_epochs=1,
-                callbacks=[SaveState(tmp_path)])
-    t.fit(module, RandomImages(n=8, batch_size=2))
-    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
-    for key in rank0:
-        assert torch.equal(rank0[key], rank1[key]), key
+    assert_ddp_ranks_identical(module, RandomImages(n=8, batch_size=2), tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------- official snapshots
