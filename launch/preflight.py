@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 #: without gradients, which plain DDP reports as an error
 MULTI_DEVICE_STRATEGY = "ddp_find_unused_parameters_true"
 #: model keys that name a folder of images a method reads
-IMAGE_FOLDER_KEYS = ("target_images",)
+IMAGE_FOLDER_KEYS = ("target_images", "styles")
+#: model keys naming a file the run reads (a DualStyleGAN code table, an encoder, the previous stage's export)
+INPUT_FILE_KEYS = ("codes", "encoder", "init")
 #: model keys whose pretrained file a method does without (``nada_mapper`` skips its identity term)
 OPTIONAL_ASSET_KEYS = ("identity",)
 
@@ -198,6 +200,12 @@ def model_asset_problems(model: Mapping[str, Any], params: Iterable[str] = (),
         problem = image_path_problem(f"model.{name}", model.get(name))
         if problem:
             problems.append(problem)
+    for name in INPUT_FILE_KEYS:
+        value = model.get(name)
+        looks_like_file = isinstance(value, str) and value not in assets.ASSETS and (
+            "/" in value or value.endswith((".pt", ".pth", ".pkl", ".ckpt")))  # not a name such as encoder: B
+        if looks_like_file and not Path(value).expanduser().is_file():
+            problems.append(f"'model.{name}': {value} does not exist")
     return problems
 
 

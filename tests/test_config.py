@@ -433,3 +433,15 @@ def test_overrides_reach_into_lists_by_index():
         assert list(cfg.model.tasks[0].color) == [0, 1, 0] and cfg.model.tasks[0].type == "color"
     with pytest.raises(ConfigError, match="list of 2 entries; '5' is not an index"):
         compose(toy, [*base, "model.tasks.5.name=x"])
+
+
+def test_preflight_checks_the_input_files_and_style_folder_a_method_reads(tmp_path):
+    from launch.preflight import model_asset_problems
+
+    (tmp_path / "codes.pt").write_bytes(b"x")
+    model = {"stage": "style", "init": str(tmp_path / "missing.pt"), "codes": str(tmp_path / "codes.pt"),
+             "styles": str(tmp_path / "nostyles"), "encoder": "B"}
+    problems = model_asset_problems(model)
+    assert any(p.startswith("'model.init'") and "does not exist" in p for p in problems)
+    assert any(p.startswith("'model.styles'") for p in problems)
+    assert not any("'model.codes'" in p or "'model.encoder'" in p for p in problems)  # present; a variant name
