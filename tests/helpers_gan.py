@@ -98,3 +98,21 @@ def assert_ddp_ranks_identical(module: pl.LightningModule, data: pl.LightningDat
     assert rank0.keys() == rank1.keys()
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
+
+
+#: the tiny parent architecture of the method tests that start from a checkpoint (16 px, 6 W+ rows)
+PARENT_ARCH = dict(size=16, style_dim=16, n_mlp=2, channels={4: 16, 8: 16, 16: 16})
+
+
+def save_parent(path: Path, arch: dict = PARENT_ARCH, seed: int = 0) -> Path:
+    """A random G (noise strengths 0.1, so noise matters) and D of ``arch`` saved as G, G_ema and D."""
+    from models import checkpoints
+    from models.stylegan2 import Discriminator, Generator
+
+    torch.manual_seed(seed)
+    g, d = Generator(**arch), Discriminator(arch["size"], channels=arch["channels"])
+    with torch.no_grad():
+        for name, p in g.named_parameters():
+            if name.endswith("noise.weight"):
+                p.fill_(0.1)
+    return checkpoints.save(path, g_ema=g, g=g, d=d)

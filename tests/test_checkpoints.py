@@ -12,8 +12,9 @@ import torch
 from models import checkpoints
 from models.checkpoints import (CheckpointError, StyleGANConfig, UnsafeCheckpointError, UnsupportedModelError,
                                 from_nvidia_state_dict, load, read, save, to_nvidia_state_dict)
-from tests.helpers_checkpoints import (FIXTURES, d_init_kwargs, nvidia_nets, fixture_checkpoint, fixture_reference, g_init_kwargs,
-                                       random_rosinality_sd, rosinality_shapes, write_nvidia_pickle, write_tf_pickle)
+from tests.helpers_checkpoints import (FIXTURES, d_init_kwargs, fixture_checkpoint, fixture_reference, g_init_kwargs,
+                                       nvidia_nets, random_rosinality_sd, rosinality_shapes, write_nvidia_pickle,
+                                       write_tf_pickle)
 
 FIXTURE = FIXTURES / "rosinality_tiny.pt"
 CHANNELS = {4: 32, 8: 32, 16: 24, 32: 16}

@@ -12,12 +12,12 @@ import torch.nn.functional as F
 from lightning_modules.dualstylegan import DualStyleGANModule, default_mixing_layers
 from models import checkpoints
 from models import dualstylegan as dsg
-from models.stylegan2 import Discriminator, Generator
+from models.stylegan2 import Generator
 from models.style_codes import StyleCodes, StyleCodesError
-from tests.helpers_gan import (RandomImages, assert_ddp_ranks_identical, assert_resume_matches,  # noqa: F401
-                               cpu_trainer, one_thread)
+from tests.helpers_gan import (PARENT_ARCH, RandomImages, assert_ddp_ranks_identical,  # noqa: F401
+                               assert_resume_matches, cpu_trainer, one_thread, save_parent)
 
-ARCH = dict(size=16, style_dim=16, n_mlp=2, channels={4: 16, 8: 16, 16: 16})
+ARCH = PARENT_ARCH
 N_LATENT = 6
 NAMES = [f"s{i}.png" for i in range(5)]
 FAST_GAN = {"r1_interval": 2, "pl_interval": 2, "ema_kimg": 0.01}
@@ -25,15 +25,7 @@ FAST_GAN = {"r1_interval": 2, "pl_interval": 2, "ema_kimg": 0.01}
 
 @pytest.fixture(scope="module")
 def parent(tmp_path_factory):
-    torch.manual_seed(0)
-    g, d = Generator(**ARCH), Discriminator(16, channels=ARCH["channels"])
-    with torch.no_grad():
-        for name, p in g.named_parameters():
-            if name.endswith("noise.weight"):
-                p.fill_(0.1)
-    path = tmp_path_factory.mktemp("parent") / "parent.pt"
-    checkpoints.save(path, g_ema=g, g=g, d=d)
-    return path
+    return save_parent(tmp_path_factory.mktemp("parent") / "parent.pt", ARCH)
 
 
 @pytest.fixture(scope="module")

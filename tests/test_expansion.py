@@ -11,24 +11,16 @@ from lightning_modules.expansion_tasks import build_tasks
 from models import checkpoints
 from models.expansion import ExpansionBasis, assign_dimensions, dormancy, sefa_basis, style_affine_weights
 from models.stylegan2 import Discriminator, Generator
-from tests.helpers_gan import (RandomImages, assert_ddp_ranks_identical, assert_resume_matches,  # noqa: F401
-                               cpu_trainer, one_thread)
+from tests.helpers_gan import (PARENT_ARCH, RandomImages, assert_ddp_ranks_identical,  # noqa: F401
+                               assert_resume_matches, cpu_trainer, one_thread, save_parent)
 
-ARCH = dict(size=16, style_dim=16, n_mlp=2, channels={4: 16, 8: 16, 16: 16})
+ARCH = PARENT_ARCH
 TASKS = [{"type": "color", "name": "red", "color": [1.0, -1.0, -1.0]}, {"type": "flip", "name": "mirror"}]
 
 
 @pytest.fixture(scope="module")
 def parent(tmp_path_factory):
-    torch.manual_seed(0)
-    g, d = Generator(**ARCH), Discriminator(16, channels=ARCH["channels"])
-    with torch.no_grad():
-        for name, p in g.named_parameters():
-            if name.endswith("noise.weight"):
-                p.fill_(0.1)
-    path = tmp_path_factory.mktemp("parent") / "parent.pt"
-    checkpoints.save(path, g_ema=g, g=g, d=d)
-    return path
+    return save_parent(tmp_path_factory.mktemp("parent") / "parent.pt", ARCH)
 
 
 def tiny(parent, **kwargs) -> ExpansionModule:
