@@ -92,8 +92,9 @@ class KimgProgressBar(TQDMProgressBar):
         refresh_rate: update the bar every this many batches.
     """
 
-    # tqdm prefixes ``{postfix}`` with ", "; the text goes into ``{unit}`` (unused otherwise in this format)
-    BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {unit}"
+    # ``set_description`` ends the description with ": "; tqdm prefixes ``{postfix}`` with ", ", so the text goes
+    # into ``{unit}`` (unused otherwise in this format)
+    BAR_FORMAT = "{desc}{percentage:3.0f}%|{bar}| {unit}"
 
     def __init__(self, losses: Sequence[str] = ("loss/*",), max_losses: int = 4, refresh_rate: int = 1,
                  process_position: int = 0) -> None:

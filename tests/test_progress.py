@@ -57,6 +57,7 @@ def test_bar_position_total_and_text(capsys: pytest.CaptureFixture):
     module = SimpleNamespace(kimg=2.0, total_kimg=16.0)
     trainer = SimpleNamespace(callback_metrics={"loss/G_main": torch.tensor(0.75), "reg/x": 1.0})
     bar._train_progress_bar = bar.init_train_tqdm()
+    bar._train_progress_bar.set_description("train")  # as on_train_start
     bar._counting = True
     bar._start = (module.kimg, 100.0)  # t = 100 s at 2 kimg
     module.kimg = 6.0                   # t = 108 s at 6 kimg
@@ -66,7 +67,7 @@ def test_bar_position_total_and_text(capsys: pytest.CaptureFixture):
     assert tqdm.unit == "6.000/16 kimg, 0.5 kimg/s, ETA 0:00:20, loss/G_main=0.75"
     tqdm.close()
     line = capsys.readouterr().out.strip().split("\r")[-1]
-    assert line.startswith("Training:  38%|")
+    assert line.startswith("train:  38%|")
     assert line.endswith("| 6.000/16 kimg, 0.5 kimg/s, ETA 0:00:20, loss/G_main=0.75")
 
 
@@ -96,6 +97,7 @@ def test_a_fit_shows_kimg_of_total_kimg(tmp_path: Path, capsys: pytest.CaptureFi
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert "0.008/0.008 kimg" in out and "ETA" in out and "loss/" in out
+    assert "train: " in out and ": :" not in out and "|, " not in out  # one colon, no postfix comma
     assert "Epoch 0" not in out  # not Lightning's per-epoch bar
 
 
