@@ -258,7 +258,11 @@ def compose(config_path: str | Path, overrides: Sequence[str] = (), configs_dir:
     base = read_yaml(configs_dir / "base.yaml")
     layers = experiment_chain(config_path, configs_dir)
     sets, deletions = split_deletions(overrides)
-    sets, indexed = _split_indexed(sets, OmegaConf.merge(base, *layers))
+    try:  # the file layers alone, to see which override keys cross a list (their conflicts are reported below)
+        files = OmegaConf.merge(base, *layers)
+    except (OmegaConfBaseException, TypeError):
+        files = OmegaConf.create({})
+    sets, indexed = _split_indexed(sets, files)
     cli = parse_overrides(sets)
     if EXTENDS_KEY in cli:
         raise ConfigError(f"'{EXTENDS_KEY}' cannot be given on the command line; put it in the config file")

@@ -445,3 +445,12 @@ def test_preflight_checks_the_input_files_and_style_folder_a_method_reads(tmp_pa
     assert any(p.startswith("'model.init'") and "does not exist" in p for p in problems)
     assert any(p.startswith("'model.styles'") for p in problems)
     assert not any("'model.codes'" in p or "'model.encoder'" in p for p in problems)  # present; a variant name
+
+
+def test_list_overrides_compose_with_a_shorthand_overridden_by_a_mapping(tmp_path):
+    (tmp_path / "base.yaml").write_text((CONFIGS_DIR / "base.yaml").read_text())
+    (tmp_path / "parent.yaml").write_text("method: stylegan2\nmodel: {generator: a.pt, tasks: [{name: x}]}\n"
+                                          "data: {name: toy}\n")
+    (tmp_path / "child.yaml").write_text("extends: parent.yaml\nmodel: {generator: {which: g}}\n")
+    cfg = compose(tmp_path / "child.yaml", ["model.tasks[0].name=y"], configs_dir=tmp_path)
+    assert cfg.model.generator == {"checkpoint": "a.pt", "which": "g"} and list(cfg.model.tasks) == [{"name": "y"}]
