@@ -454,3 +454,11 @@ def test_list_overrides_compose_with_a_shorthand_overridden_by_a_mapping(tmp_pat
     (tmp_path / "child.yaml").write_text("extends: parent.yaml\nmodel: {generator: {which: g}}\n")
     cfg = compose(tmp_path / "child.yaml", ["model.tasks[0].name=y"], configs_dir=tmp_path)
     assert cfg.model.generator == {"checkpoint": "a.pt", "which": "g"} and list(cfg.model.tasks) == [{"name": "y"}]
+
+
+def test_a_mapping_over_a_list_in_the_files_is_a_config_error(tmp_path):
+    (tmp_path / "base.yaml").write_text((CONFIGS_DIR / "base.yaml").read_text())
+    (tmp_path / "parent.yaml").write_text("method: stylegan2\nmodel: {tasks: [{name: x}]}\ndata: {name: toy}\n")
+    (tmp_path / "child.yaml").write_text("extends: parent.yaml\nmodel: {tasks: {name: y}}\n")
+    with pytest.raises(ConfigError, match="cannot merge configs"):
+        compose(tmp_path / "child.yaml", ["seed=1"], configs_dir=tmp_path)
