@@ -2,8 +2,8 @@
 (docs/methods/stylegan2.md, "Fast paths"): the table ``fused_modconv="auto"`` was chosen from.
 
 Times one ``StyledConv`` (plain and 2x-upsampling) of the config-f channel table at each resolution,
-inference (no grad) and forward+backward, with interleaved pairs; prints the median of per-pair ratios
-``fused / non-fused`` (below 1: fused is faster) with min-max.
+inference (no grad) and forward+backward (with the input gradient, as inside a network), with interleaved
+pairs; prints the median of per-pair ratios ``fused / non-fused`` (below 1: fused is faster) with min-max.
 
     python bench/modconv_policy.py --batches 1 2 4 8 --sizes 8 32 64 128 256 --pairs 5
 """
@@ -61,8 +61,11 @@ def main(argv: list[str] | None = None) -> None:
                     with torch.no_grad():
                         layer(x, w, noise_mode="none", fused=fused)
 
-                def train(fused, layer=layer, x=x, w=w):
+                xg = x.clone().requires_grad_(True)  # inside a network the input gradient is needed too
+
+                def train(fused, layer=layer, x=xg, w=w):
                     layer.zero_grad(set_to_none=True)
+                    x.grad = None
                     layer(x, w, noise_mode="none", fused=fused).square().mean().backward()
 
                 ri = ratio(lambda: infer(True), lambda: infer(False), args.pairs)

@@ -5,8 +5,9 @@ Pipeline for every image, real or generated (the same path for both):
 1. generated images in [-1, 1] are quantized like NVIDIA (:func:`quantize`); real images already are uint8;
 2. the resize of the protocol turns uint8 ``[B, 3, H, W]`` into float32 ``[B, 3, S, S]`` in [0, 255]:
    ``clean`` is clean-fid's own PIL-bicubic resize on float channels (``cleanfid.resize.make_resizer``),
-   run in a thread pool (PIL releases the GIL); ``legacy_tensorflow`` leaves resizing to the TorchScript
-   Inception (NVIDIA's path); ``none`` keeps the native size (custom extractors);
+   one image per task of a thread pool (PIL releases the GIL), each written into one preallocated NCHW
+   output buffer; ``legacy_tensorflow`` leaves resizing to the
+   TorchScript Inception (NVIDIA's path); ``none`` keeps the native size (custom extractors);
 3. the extractor maps that to float features ``[B, D]``.
 """
 from __future__ import annotations
@@ -72,16 +73,24 @@ def _pool() -> ThreadPoolExecutor:
 
 
 def make_resize(mode: str, size: int = 299) -> Callable[[torch.Tensor], torch.Tensor]:
-    """uint8 ``[B, 3, H, W]`` -> float32 ``[B, 3, S, S]`` in [0, 255] on CPU for resize ``mode``."""
+    """uint8 ``[B, 3, H, W]`` -> float32 ``[B, 3, S, S]`` (contiguous) in [0, 255] on CPU for resize ``mode``."""
     if mode == "clean":
         from cleanfid.resize import make_resizer
 
-        fn = make_resizer("PIL", False, "bicubic", (size, size))
+        fn = make_resizer("PIL", False, "bicubic", (size, size))  # HWC uint8 -> HWC float32
+
+        def resize_into(out: np.ndarray, image: np.ndarray) -> None:
+            out[...] = fn(image).transpose(2, 0, 1)
 
         def clean(images: torch.Tensor) -> torch.Tensor:
-            arrays = images.detach().cpu().permute(0, 2, 3, 1).numpy()
-            out = list(_pool().map(fn, arrays)) if len(arrays) > 1 else [fn(a) for a in arrays]
-            return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
+            arrays = images.detach().cpu().permute(0, 2, 3, 1).numpy()  # a view: clean-fid reads HWC
+            out = np.empty((len(arrays), 3, size, size), dtype=np.float32)
+            if len(arrays) == 1:
+                resize_into(out[0], arrays[0])
+            else:
+                for _ in _pool().map(resize_into, out, arrays):  # consumed: worker errors raise here
+                    pass
+            return torch.from_numpy(out)
 
         return clean
     if mode in ("legacy_tensorflow", "none"):

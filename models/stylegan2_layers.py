@@ -137,7 +137,12 @@ class ModulatedConv2d(nn.Module):
         """``d[b,o] = rsqrt(sum_i s[b,i]^2 * scale^2 * sum_k w[o,i,k]^2 + eps)``, at least fp32 (one matrix product)."""
         dtype = torch.promote_types(s.dtype, torch.float32)  # fp32 at least, float64 kept
         with torch.autocast(s.device.type, enabled=False):
-            wsq = (self.weight[0].to(dtype) * self.scale).pow(2).sum([2, 3])  # [O, I]
+            w = self.weight[0].to(dtype).flatten(2)
+            if torch.is_grad_enabled():  # no division by a zero norm in the backward
+                wsq = torch.linalg.vecdot(w, w)
+            else:  # one pass over the weight
+                wsq = torch.linalg.vector_norm(w, dim=2).square_()
+            wsq = wsq * self.scale ** 2  # [O, I]
             return torch.rsqrt(s.to(dtype).pow(2) @ wsq.t() + self.eps)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, fused: bool | str = True) -> torch.Tensor:
@@ -165,38 +170,35 @@ class ModulatedConv2d(nn.Module):
                bias: torch.Tensor | None = None) -> torch.Tensor:
         b, i, h, w = x.shape
         k, o = self.kernel_size, self.out_channel
-        weight = (self.scale * gain) * self.weight * s.view(b, 1, i, 1, 1)
+        # every per-sample factor is folded into one small [B, O|1, I] tensor: one pass over the weight
+        factor = s.view(b, 1, i, 1, 1) * (self.scale * gain)
         if self.demodulate:
-            weight = weight * self.demodulation(s).to(weight.dtype).view(b, o, 1, 1, 1)
+            factor = factor * self.demodulation(s).to(factor.dtype).view(b, o, 1, 1, 1)
+        weight = (self.weight * factor).to(x.dtype)
         x = x.reshape(1, b * i, h, w)
         if self.upsample:
             weight = weight.transpose(1, 2).reshape(b * i, o, k, k)
-            out = F.conv_transpose2d(x, weight.to(x.dtype), padding=0, stride=2, groups=b)
+            out = F.conv_transpose2d(x, weight, padding=0, stride=2, groups=b)
             return blur(out.view(b, o, *out.shape[2:]), self.blur.kernel, self.blur.pad, bias=bias)
         conv_bias = None if bias is None else bias.to(x.dtype).repeat(b)
-        out = F.conv2d(x, weight.reshape(b * o, i, k, k).to(x.dtype), bias=conv_bias, padding=self.padding,
-                       groups=b)
+        weight = weight.reshape(b * o, i, k, k)
+        out = F.conv2d(x, weight, bias=conv_bias, padding=self.padding, groups=b)
         return out.view(b, o, *out.shape[2:])
 
     def _nonfused(self, x: torch.Tensor, s: torch.Tensor, gain: float = 1.0,
                   bias: torch.Tensor | None = None) -> torch.Tensor:
         x = x * s.to(x.dtype)[:, :, None, None]
-        weight = (self.weight[0] * self.scale).to(x.dtype)
+        weight = self.weight[0].to(x.dtype)  # with demodulation the constant gains ride on ``d`` below
+        if not self.demodulate:
+            weight = weight * (self.scale * gain)
         if self.upsample:
             out = blur(F.conv_transpose2d(x, weight.transpose(0, 1), padding=0, stride=2),
                        self.blur.kernel, self.blur.pad)  # the blur commutes with the per-channel d
         else:
             out = F.conv2d(x, weight, padding=self.padding)
-        scale = None
-        if self.demodulate:
-            scale = self.demodulation(s).to(out.dtype)
-            if gain != 1.0:
-                scale = scale * gain
-        elif gain != 1.0:
-            scale = out.new_full((1, 1), gain)
-        if scale is None:
+        if not self.demodulate:
             return out if bias is None else out + bias.to(out.dtype).view(1, -1, 1, 1)
-        scale = scale[:, :, None, None]
+        scale = (self.demodulation(s).to(out.dtype) * (self.scale * gain))[:, :, None, None]
         if bias is None:
             return out * scale
         return torch.addcmul(bias.to(out.dtype).view(1, -1, 1, 1), out, scale)  # one pass: b + out * d
@@ -207,9 +209,10 @@ def fused_policy(batch: int, in_channel: int, out_channel: int, size: int, kerne
     """``fused_modconv="auto"``: whether a modulated conv of this shape uses the grouped (fused) form.
 
     CUDA: grouped convs for inference, the shared-weight form while gradients are recorded (NVIDIA's policy).
-    CPU: chosen per layer from ``bench/modconv_policy.py`` (docs/methods/stylegan2.md, "Fast paths"): the
-    fused form pays for modulating the weight (``B*O*I*k*k``) instead of two passes over the activations
-    (``B*I*H*W`` for ``x*s`` and ``B*O*H'*W'`` for ``out*d``), and a grouped conv per sample.
+    CPU: chosen per layer from ``bench/modconv_policy.py`` (docs/methods/stylegan2.md, "Modulation policy"):
+    the fused form pays for modulating the weight (``B*O*I*k*k``) instead of two passes over the activations
+    (``B*I*H*W`` for ``x*s`` and ``B*O*H'*W'`` for ``out*d``), and a grouped conv per sample. With gradients
+    it also pays for the per-sample weight gradients, so it needs the activations to dominate by far.
     """
     if device != "cpu":
         return not grad
@@ -217,7 +220,7 @@ def fused_policy(batch: int, in_channel: int, out_channel: int, size: int, kerne
     activations = in_channel * size * size + out_channel * out_size * out_size
     weight = out_channel * in_channel * kernel_size * kernel_size
     ratio = activations / weight
-    if upsample and batch > 1:  # grouped transposed convs lose unless the activations dominate by far
+    if grad or (upsample and batch > 1):  # grouped transposed convs lose unless the activations dominate by far
         return ratio > 8
     return ratio > 1
 

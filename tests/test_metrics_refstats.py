@@ -12,7 +12,9 @@ import torch
 from launch import refstats
 from metrics.refstats import ReferenceStatsCache, read_entry
 from metrics.streams import reference_stats_direct
-from tests.helpers_metrics import standin_extractor, tensor_reference
+from metrics.specs import parse_specs
+from metrics.suite import MetricSuite
+from tests.helpers_metrics import standin_extractor, tensor_reference, tiny_sampler
 
 
 def images(seed: int, n: int = 12) -> torch.Tensor:
@@ -96,3 +98,29 @@ def test_cli_compute_list_verify(tmp_path, capsys):
     next((tmp_path / "cli").glob("*.npz")).write_bytes(b"broken")
     assert refstats.main(["verify", "--cache", cache_dir]) == 1
     assert "CORRUPT" in capsys.readouterr().out
+
+
+def test_fid_and_kid_on_one_reference_read_it_once(tmp_path):
+    """A FID before a KID on the same reference keeps the features, so the set is embedded once."""
+    specs = parse_specs({"fid": {"num_gen": 20, "extractor": "standin"},
+                         "kid": {"num_gen": 20, "extractor": "standin", "subset_size": 5, "num_subsets": 2}})
+    ref_images = torch.from_numpy(np.random.RandomState(0).randint(0, 256, (12, 3, 32, 32), dtype=np.uint8))
+    passes = []
+
+    def reference(which):
+        ref = tensor_reference(ref_images)
+        inner = ref.batches_fn
+
+        def counted(batch_size):
+            passes.append(which)
+            yield from inner(batch_size)
+
+        ref.batches_fn = counted
+        return ref
+
+    cache = ReferenceStatsCache(tmp_path / "cache", show_progress=False)
+    suite = MetricSuite(specs, batch_size=4, cache=cache, show_progress=False,
+                        extractors={"standin": standin_extractor(resize="none")})
+    values = {v.metric: v for v in suite.evaluate({"ema": tiny_sampler(seed=1, size=32)}, reference)}
+    assert set(values) == {"fid", "kid"}
+    assert cache.computed == 1 and passes == ["full"]

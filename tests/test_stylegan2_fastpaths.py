@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from models.stylegan2 import Discriminator, Generator
-from models.stylegan2_layers import fused_policy
+from models.stylegan2_layers import ModulatedConv2d, fused_policy
 
 TOL = 1e-5
 SQRT2 = math.sqrt(2)
@@ -234,6 +234,12 @@ def test_fused_policy_table():
     # batched transposed convs: non-fused unless the activations dominate by far
     assert not fused_policy(4, 512, 256, 64, 3, True, "cpu", False)
     assert fused_policy(4, 256, 128, 128, 3, True, "cpu", False)
+    # with gradients (the per-sample weight gradients cost too) the activations must dominate by far
+    assert fused_policy(1, 512, 512, 64, 3, False, "cpu", False)         # r = 1.8
+    assert not fused_policy(1, 512, 512, 64, 3, False, "cpu", True)
+    assert not fused_policy(1, 512, 256, 64, 3, True, "cpu", True)       # r = 5.2
+    assert fused_policy(2, 256, 256, 128, 3, False, "cpu", True)         # r = 14
+    assert fused_policy(2, 256, 128, 128, 3, True, "cpu", True)          # r = 43
     # CUDA keeps NVIDIA's rule: grouped for inference, shared-weight while training
     assert fused_policy(8, 512, 512, 8, 3, False, "cuda", False)
     assert not fused_policy(1, 128, 128, 256, 3, False, "cuda", True)
@@ -269,3 +275,22 @@ def test_compile_switch_gives_equal_outputs():
     assert copy.deepcopy(gc).use_compile  # an EMA copy keeps the switch and nothing compiled
     assert set(gc.state_dict()) == set(g.state_dict())
     assert Generator(**TINY, compile=True).use_compile
+
+
+def test_demodulation_with_zero_filters_has_finite_gradients_and_equal_modes():
+    """Sums of squares are one pass without gradients and a product with them; a zero 3x3 filter (pruned or
+    zero-initialised) must give the same d in both modes and finite gradients."""
+    torch.manual_seed(0)
+    conv = ModulatedConv2d(4, 3, 3, 8).double()
+    with torch.no_grad():
+        conv.weight[0, 1, 2].zero_()
+        conv.weight[0, 0].zero_()
+    s = torch.randn(2, 4, dtype=torch.float64)
+    want = torch.rsqrt((s[:, None, :] ** 2 * (conv.weight[0] * conv.scale).pow(2).sum([2, 3])[None]).sum(2) + 1e-8)
+    with torch.no_grad():
+        d_nograd = conv.demodulation(s)
+    d_grad = conv.demodulation(s)
+    torch.testing.assert_close(d_nograd, want, rtol=1e-12, atol=0)
+    torch.testing.assert_close(d_grad, want, rtol=1e-12, atol=0)
+    d_grad.sum().backward()
+    assert torch.isfinite(conv.weight.grad).all()

@@ -2,7 +2,8 @@
 
 Generated feature statistics are computed once per (sampler, extractor, resize, num_gen, seed) and shared
 by FID and KID in one evaluation; when a KID needs them, the per-sample features are kept too (the
-``prepare`` hook marks those keys before any runner starts).
+``prepare`` hook marks those keys before any runner starts). The same holds for the reference set: a FID
+that runs before a KID on the same reference keeps its features, so the set is read and embedded once.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from metrics.suite import MetricRun, MetricValue, metric_protocol, reference_dic
 
 STATS = "fid.generated_stats"  # MetricRun.shared keys
 CAPTURE = "fid.capture_features"
+REFERENCE_FEATURES = "fid.reference_features"
 
 
 @dataclass
@@ -56,9 +58,15 @@ def feature_key(spec: FIDSpec, sampler: str) -> tuple:
     return (sampler, spec.extractor, spec.resize, spec.num_gen, spec.seed)
 
 
+def reference_key(spec: FIDSpec) -> tuple:
+    return (spec.reference, spec.extractor, spec.resize)
+
+
 def plan_kid_features(run: MetricRun, spec: KIDSpec, targets: list[str]) -> None:
-    """KID needs the features themselves: mark its keys so the shared pass keeps them."""
+    """KID needs the features themselves: mark its keys (generated and reference) so the shared passes keep
+    them."""
     run.shared.setdefault(CAPTURE, set()).update(feature_key(spec, name) for name in targets)
+    run.shared.setdefault(REFERENCE_FEATURES, set()).add(reference_key(spec))
 
 
 def generated(run: MetricRun, spec: FIDSpec, sampler: str) -> FeatureStats:
@@ -77,7 +85,8 @@ def run_fid(run: MetricRun, spec: FIDSpec, targets: list[str]) -> list[MetricVal
     suite = run.suite
     ex = suite.extractor(spec)
     ref = run.reference(spec.reference, spec)
-    ref_stats = suite.cache.get(ref, ex, need_features=isinstance(spec, KIDSpec))
+    need = isinstance(spec, KIDSpec) or reference_key(spec) in run.shared.get(REFERENCE_FEATURES, set())
+    ref_stats = suite.cache.get(ref, ex, need_features=need)
     out = []
     for name in targets:
         gen = generated(run, spec, name)
