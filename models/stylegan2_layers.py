@@ -171,9 +171,9 @@ class ModulatedConv2d(nn.Module):
         b, i, h, w = x.shape
         k, o = self.kernel_size, self.out_channel
         # every per-sample factor is folded into one small [B, O|1, I] tensor: one pass over the weight
-        factor = s.view(b, 1, i, 1, 1) * (self.scale * gain)
+        factor = s.to(torch.promote_types(s.dtype, torch.float32)).view(b, 1, i, 1, 1) * (self.scale * gain)
         if self.demodulate:
-            factor = factor * self.demodulation(s).to(factor.dtype).view(b, o, 1, 1, 1)
+            factor = factor * self.demodulation(s).view(b, o, 1, 1, 1)
         weight = (self.weight * factor).to(x.dtype)
         x = x.reshape(1, b * i, h, w)
         if self.upsample:
