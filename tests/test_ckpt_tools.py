@@ -12,18 +12,10 @@ from launch import ckpt_tools
 from launch.config import compose
 from launch.run import execute, prepare
 from models import checkpoints
+from tests.helpers_launch import tiny_stylegan2
 
-CONFIG = """
-    method: stylegan2
-    model:
-      generator: {resolution: 16, style_dim: 32, n_mlp: 2, channels: {4: 32, 8: 32, 16: 16}}
-      gan: {pl_weight: 0.0, mixing_prob: 0.0}
-      total_kimg: 0.008
-    data: {name: toy, resolution: 16, num_images: 8, batch_size: 2}
-    trainer: {accelerator: cpu, enable_progress_bar: false, enable_model_summary: false}
-    checkpoint: {every_kimg: 0.004}
-    logger: {wandb: {mode: disabled}}
-"""
+CONFIG = tiny_stylegan2(trainer="accelerator: cpu, enable_progress_bar: false, enable_model_summary: false",
+                        checkpoint="{every_kimg: 0.004}")
 
 
 @pytest.fixture(scope="module")

@@ -21,26 +21,11 @@ from launch.errors import ConfigError
 from launch.jsonl import read_jsonl
 from launch.run import execute, prepare
 from launch.rundir import launch_id, resolve_run_dir
+from tests.helpers_launch import QUIET_TRAINER, dummy_gan, tiny_stylegan2
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = """
-    method: stylegan2
-    model:
-      generator: {resolution: 16, style_dim: 32, n_mlp: 2, channels: {4: 32, 8: 32, 16: 16}}
-      gan: {pl_weight: 0.0, mixing_prob: 0.0}
-      total_kimg: 0.016
-    data: {name: toy, resolution: 16, num_images: 8, batch_size: 2}
-    trainer: {accelerator: cpu, enable_progress_bar: false, enable_model_summary: false, log_every_n_steps: 1,
-              limit_val_batches: 0}
-    logger: {wandb: {mode: offline}}
-"""
-DUMMY = """
-    method: tests.test_train_cli:DummyGAN
-    data: {name: tests.test_train_cli:DummyData}
-    trainer: {accelerator: cpu, enable_progress_bar: false, enable_model_summary: false, log_every_n_steps: 1,
-              limit_val_batches: 0, max_steps: 4}
-    logger: {wandb: {mode: disabled}}
-"""
+TINY = tiny_stylegan2(total_kimg=0.016, trainer=QUIET_TRAINER + ", limit_val_batches: 0", wandb="offline")
+DUMMY = dummy_gan(QUIET_TRAINER + ", limit_val_batches: 0, max_steps: 4")
 LAUNCH_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID",
                "WORLD_SIZE", "STYLESHIFT_RUN_DIR")
 

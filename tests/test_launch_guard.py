@@ -24,28 +24,13 @@ from launch.jsonl import read_jsonl
 from launch.preflight import MULTI_DEVICE_STRATEGY, choose_strategy, requested_device_count
 from launch.rundir import LOCK_FILE, OWNER_FILE
 from lightning_modules.base import MethodModule, NonFiniteError
+from tests.helpers_launch import dummy_gan, tiny_stylegan2
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGNALLER = "tests.test_resume_exact:SigtermAt"
-TINY = """
-    method: stylegan2
-    model:
-      generator: {resolution: 16, style_dim: 32, n_mlp: 2, channels: {4: 32, 8: 32, 16: 16}}
-      gan: {pl_weight: 0.0, mixing_prob: 0.0}
-      total_kimg: 0.008
-    data: {name: toy, resolution: 16, num_images: 8, batch_size: 2}
-    trainer: {accelerator: cpu, enable_progress_bar: false, enable_model_summary: false, log_every_n_steps: 1}
-    logger: {wandb: {mode: disabled}}
-"""
-IMAGES = TINY.replace("data: {name: toy, resolution: 16, num_images: 8, batch_size: 2}",
-                      "data: {name: images, path: '???', resolution: 16, batch_size: 2, xflip: false}")
-DUMMY = """
-    method: tests.test_train_cli:DummyGAN
-    data: {name: tests.test_train_cli:DummyData}
-    trainer: {accelerator: cpu, enable_progress_bar: false, enable_model_summary: false, log_every_n_steps: 1,
-              limit_val_batches: 0}
-    logger: {wandb: {mode: disabled}}
-"""
+TINY = tiny_stylegan2()
+IMAGES = tiny_stylegan2(data="{name: images, path: '???', resolution: 16, batch_size: 2, xflip: false}")
+DUMMY = dummy_gan()
 
 
 @pytest.fixture(autouse=True)

@@ -14,18 +14,9 @@ from launch.config import compose
 from launch.errors import ConfigError
 from launch.loggers import tensorboard_available
 from launch.run import execute, prepare
+from tests.helpers_launch import tiny_stylegan2
 
-CONFIG = """
-    method: stylegan2
-    model:
-      generator: {resolution: 16, style_dim: 32, n_mlp: 2, channels: {4: 32, 8: 32, 16: 16}}
-      gan: {pl_weight: 0.0, mixing_prob: 0.0}
-      total_kimg: 0.004
-    data: {name: toy, resolution: 16, num_images: 8, batch_size: 2}
-    trainer: {accelerator: cpu, enable_progress_bar: false, enable_model_summary: false, log_every_n_steps: 1}
-    checkpoint: {save_last: false}
-    logger: {wandb: {mode: disabled}}
-"""
+CONFIG = tiny_stylegan2(total_kimg=0.004, checkpoint="{save_last: false}")
 ALL = ["logger.csv={}"] + (["logger.tensorboard={}"] if tensorboard_available() else [])
 
 

@@ -15,18 +15,10 @@ from launch.checkpointing import CheckpointWriter
 from launch.config import compose
 from launch.loggers import build_wandb_logger
 from launch.run import build_callbacks, execute, prepare
+from tests.helpers_launch import tiny_stylegan2
 
-TINY = """
-    method: stylegan2
-    model:
-      generator: {resolution: 16, style_dim: 32, n_mlp: 2, channels: {4: 32, 8: 32, 16: 16}}
-      gan: {pl_weight: 0.0, mixing_prob: 0.0}
-      total_kimg: 0.008
-    data: {name: toy, resolution: 16, num_images: 8, batch_size: 2}
-    trainer: {accelerator: cpu, enable_model_summary: false, log_every_n_steps: 1}
-    checkpoint: {save_last: false}
-    logger: {wandb: {mode: disabled}}
-"""
+TINY = tiny_stylegan2(trainer="accelerator: cpu, enable_model_summary: false, log_every_n_steps: 1",
+                      checkpoint="{save_last: false}")
 
 
 def test_rate_and_eta_follow_the_kimg_counter_of_this_launch():

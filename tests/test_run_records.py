@@ -11,19 +11,11 @@ from datamodules.base import read_manifest
 from datamodules.toy import ToyDataModule
 from launch.config import CONFIGS_DIR, compose, experiment_chain
 from launch.run import TRAINING_IMAGES_FILE, execute, prepare
+from tests.helpers_launch import QUIET_TRAINER, tiny_stylegan2
 
-TINY = """
-    method: stylegan2
-    model:
-      generator: {resolution: 16, style_dim: 32, n_mlp: 2, channels: {4: 32, 8: 32, 16: 16}}
-      gan: {pl_weight: 0.0, mixing_prob: 0.0}
-      total_kimg: 0.004
-    data: {name: toy, resolution: 16, num_images: 16, fewshot: 6, fewshot_seed: 3, batch_size: 2}
-    trainer: {accelerator: cpu, enable_progress_bar: false, enable_model_summary: false, log_every_n_steps: 1,
-              limit_val_batches: 0}
-    checkpoint: {save_last: false}
-    logger: {wandb: {mode: disabled}}
-"""
+TINY = tiny_stylegan2(total_kimg=0.004,
+                      data="{name: toy, resolution: 16, num_images: 16, fewshot: 6, fewshot_seed: 3, batch_size: 2}",
+                      trainer=QUIET_TRAINER + ", limit_val_batches: 0", checkpoint="{save_last: false}")
 
 
 def experiment_name(path: Path) -> str:

@@ -14,15 +14,10 @@ import train
 from launch.errors import ConfigError
 from launch.jsonl import read_jsonl
 from launch.sweep import STATUS_FILE, SUMMARY_FILE, parse_sweep, point_name, short_names, split_top_level
+from tests.helpers_launch import QUIET_TRAINER, dummy_gan
 
 ROOT = Path(__file__).resolve().parents[1]
-DUMMY = """
-    method: tests.test_train_cli:DummyGAN
-    data: {name: tests.test_train_cli:DummyData}
-    trainer: {accelerator: cpu, enable_progress_bar: false, enable_model_summary: false, log_every_n_steps: 1,
-              limit_val_batches: 0, max_steps: 2}
-    logger: {wandb: {mode: disabled}}
-"""
+DUMMY = dummy_gan(QUIET_TRAINER + ", limit_val_batches: 0, max_steps: 2")
 
 
 def test_only_top_level_commas_split():
