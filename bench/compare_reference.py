@@ -17,7 +17,8 @@ extension at import, which is skipped here (``torch.utils.cpp_extension.load`` i
 imported, so its CPU branches are used); ADA falls back to its reference ops by itself.
 
 ``--ours DIR`` imports our backbone from another StyleShift checkout (e.g. an export of an older revision)
-for before/after tables.
+for before/after tables; ``--baseline DIR`` times ours directly against such a checkout (rows ``baseline``,
+same weights), which isolates one change from the references' own run-to-run spread.
 """
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ DEFAULT_ROWS = [
     ("ada", "g_train", 64, 8), ("ada", "g_train", 256, 2),
     ("ada", "d_train", 64, 4),
 ]
+#: rows of ``--baseline`` (ours against another checkout of ours)
+BASELINE_ROWS = [("baseline", kind, size, batch) for _, kind, size, batch in DEFAULT_ROWS[:10]] + \
+    [("baseline", "g_train", 256, 2)]
 
 
 # ------------------------------------------------------------------------------------------------ imports
@@ -103,7 +107,12 @@ class Pair:
                 if p.ndim <= 1 or p.shape[-1] == 1:
                     p.add_(0.05 * torch.randn_like(p))
         self.ref_name = ref_name
-        if ref_name == "rosinality":
+        if ref_name == "baseline":  # another checkout of ours: same classes, same state dicts
+            self.rg = ref_mod.Generator(size).to(device)
+            self.rd = ref_mod.Discriminator(size).to(device)
+            self.rg.load_state_dict(self.g.state_dict(), strict=True)
+            self.rd.load_state_dict(self.d.state_dict(), strict=True)
+        elif ref_name == "rosinality":
             self.rg = ref_mod.Generator(size, 512, 8).to(device)
             self.rd = ref_mod.Discriminator(size).to(device)
             self.rg.load_state_dict(self.g.state_dict(), strict=True)
@@ -119,13 +128,15 @@ class Pair:
     def gen(self, which: str, z: torch.Tensor) -> torch.Tensor:
         if which == "ours":
             return self.g([z], noise_mode="const")[0]
+        if self.ref_name == "baseline":
+            return self.rg([z], noise_mode="const")[0]
         if self.ref_name == "rosinality":
             return self.rg([z], randomize_noise=False)[0]
         return self.rg(z, z.new_zeros(z.shape[0], 0), noise_mode="const")
 
     def disc(self, which: str, x: torch.Tensor) -> torch.Tensor:
-        if which == "ours":
-            return self.d(x)
+        if which == "ours" or self.ref_name == "baseline":
+            return (self.d if which == "ours" else self.rd)(x)
         if self.ref_name == "rosinality":
             return self.rd(x)
         return self.rd(x, x.new_zeros(x.shape[0], 0))
@@ -209,6 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rosinality", type=Path, default=None, help="checkout of rosinality/stylegan2-pytorch")
     ap.add_argument("--ada", type=Path, default=None, help="checkout of NVlabs/stylegan2-ada-pytorch")
     ap.add_argument("--ours", type=Path, default=REPO, help="StyleShift checkout to import our backbone from")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="another StyleShift checkout to time ours against directly (before/after of a change)")
     ap.add_argument("--rows", nargs="+", default=None, choices=["g_infer", "g_train", "d_train", "iteration"],
                     help="only these kinds of rows")
     ap.add_argument("--sizes", type=int, nargs="+", default=None, help="only these resolutions")
@@ -223,14 +236,16 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cudnn.benchmark = True
 
-    ours, conv = import_ours(args.ours.resolve())
     refs = {}
+    if args.baseline is not None:
+        refs["baseline"] = import_ours(args.baseline.resolve())[0]
+    ours, conv = import_ours(args.ours.resolve())
     for name, path, loader in (("rosinality", args.rosinality, import_rosinality), ("ada", args.ada, import_ada)):
         if path is None:
             print(f"# {name}: skipped (pass --{name} DIR, a checkout of the reference repository)")
             continue
         refs[name] = loader(path.resolve())
-    rows = [r for r in DEFAULT_ROWS if r[0] in refs and (args.rows is None or r[1] in args.rows)
+    rows = [r for r in DEFAULT_ROWS + BASELINE_ROWS if r[0] in refs and (args.rows is None or r[1] in args.rows)
             and (args.sizes is None or r[2] in args.sizes)]
     where = f"cpu x{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
     print(f"# ours from {args.ours}, torch {torch.__version__}, {where}, fp32, {args.pairs} interleaved pairs, "
