@@ -138,11 +138,9 @@ class ModulatedConv2d(nn.Module):
         dtype = torch.promote_types(s.dtype, torch.float32)  # fp32 at least, float64 kept
         with torch.autocast(s.device.type, enabled=False):
             w = self.weight[0].to(dtype).flatten(2)
-            if torch.is_grad_enabled():  # no division by a zero norm in the backward
-                wsq = torch.linalg.vecdot(w, w)
-            else:  # one pass over the weight
-                wsq = torch.linalg.vector_norm(w, dim=2).square_()
-            wsq = wsq * self.scale ** 2  # [O, I]
+            # the same op with and without gradients (bit-equal outputs in both modes); a norm would divide
+            # by zero in its backward for an all-zero filter
+            wsq = torch.linalg.vecdot(w, w) * self.scale ** 2  # [O, I]
             return torch.rsqrt(s.to(dtype).pow(2) @ wsq.t() + self.eps)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, fused: bool | str = True) -> torch.Tensor:
@@ -188,9 +186,7 @@ class ModulatedConv2d(nn.Module):
     def _nonfused(self, x: torch.Tensor, s: torch.Tensor, gain: float = 1.0,
                   bias: torch.Tensor | None = None) -> torch.Tensor:
         x = x * s.to(x.dtype)[:, :, None, None]
-        weight = self.weight[0].to(x.dtype)  # with demodulation the constant gains ride on ``d`` below
-        if not self.demodulate:
-            weight = weight * (self.scale * gain)
+        weight = (self.weight[0] * (self.scale if self.demodulate else self.scale * gain)).to(x.dtype)
         if self.upsample:
             out = blur(F.conv_transpose2d(x, weight.transpose(0, 1), padding=0, stride=2),
                        self.blur.kernel, self.blur.pad)  # the blur commutes with the per-channel d
@@ -198,7 +194,7 @@ class ModulatedConv2d(nn.Module):
             out = F.conv2d(x, weight, padding=self.padding)
         if not self.demodulate:
             return out if bias is None else out + bias.to(out.dtype).view(1, -1, 1, 1)
-        scale = (self.demodulation(s).to(out.dtype) * (self.scale * gain))[:, :, None, None]
+        scale = (self.demodulation(s).to(out.dtype) * gain)[:, :, None, None]
         if bias is None:
             return out * scale
         return torch.addcmul(bias.to(out.dtype).view(1, -1, 1, 1), out, scale)  # one pass: b + out * d
@@ -211,8 +207,8 @@ def fused_policy(batch: int, in_channel: int, out_channel: int, size: int, kerne
     CUDA: grouped convs for inference, the shared-weight form while gradients are recorded (NVIDIA's policy).
     CPU: chosen per layer from ``bench/modconv_policy.py`` (docs/methods/stylegan2.md, "Modulation policy"):
     the fused form pays for modulating the weight (``B*O*I*k*k``) instead of two passes over the activations
-    (``B*I*H*W`` for ``x*s`` and ``B*O*H'*W'`` for ``out*d``), and a grouped conv per sample. With gradients
-    it also pays for the per-sample weight gradients, so it needs the activations to dominate by far.
+    (``B*I*H*W`` for ``x*s`` and ``B*O*H'*W'`` for ``out*d``), and a grouped conv per sample. The choice does
+    not depend on ``grad`` on CPU, so a network and its frozen copy give bit-equal outputs.
     """
     if device != "cpu":
         return not grad
@@ -220,7 +216,7 @@ def fused_policy(batch: int, in_channel: int, out_channel: int, size: int, kerne
     activations = in_channel * size * size + out_channel * out_size * out_size
     weight = out_channel * in_channel * kernel_size * kernel_size
     ratio = activations / weight
-    if grad or (upsample and batch > 1):  # grouped transposed convs lose unless the activations dominate by far
+    if upsample and batch > 1:  # grouped transposed convs lose unless the activations dominate by far
         return ratio > 8
     return ratio > 1
 
