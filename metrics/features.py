@@ -6,8 +6,8 @@ Pipeline for every image, real or generated (the same path for both):
 2. the resize of the protocol turns uint8 ``[B, 3, H, W]`` into float32 ``[B, 3, S, S]`` in [0, 255]:
    ``clean`` is clean-fid's own PIL-bicubic resize on float channels (``cleanfid.resize.make_resizer``),
    one image per task of a thread pool (PIL releases the GIL), each written into one preallocated NCHW
-   output buffer; ``legacy_tensorflow`` leaves resizing to the
-   TorchScript Inception (NVIDIA's path); ``none`` keeps the native size (custom extractors);
+   output buffer; ``legacy_tensorflow`` leaves resizing to the TorchScript Inception (NVIDIA's path);
+   ``none`` keeps the native size (custom extractors);
 3. the extractor maps that to float features ``[B, D]``.
 """
 from __future__ import annotations
